@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Builds the pinned binaries the end-to-end tests run: kube-apiserver and kubectl
+# (from the k8s.io/kubernetes Go module), etcd and helm. Nothing is downloaded but Go
+# modules from the module proxy. Binaries are cached outside the repo, keyed by tool
+# version and Go version, and rebuilt only when missing.
+#
+# Prints the cache directory on its last line. Cold build on 2 cores: see README.
+set -euo pipefail
+
+K8S_VERSION="${K8S_VERSION:-1.34.4}"
+ETCD_VERSION="${ETCD_VERSION:-3.6.13}"
+HELM_VERSION="${HELM_VERSION:-3.21.4}"
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+if ! command -v go >/dev/null 2>&1; then
+  echo "build-test-tools: go is not installed; cannot build kube-apiserver, etcd and helm" >&2
+  exit 3
+fi
+go_version="$(go env GOVERSION)"
+cache_root="${LIFECYCLE_WEBHOOK_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/lifecycle-webhook/tools}"
+out="$cache_root/k8s-v$K8S_VERSION-etcd-v$ETCD_VERSION-helm-v$HELM_VERSION-$go_version"
+mkdir -p "$out"
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
+
+log() { echo "build-test-tools: $*" >&2; }
+
+build_kube() {
+  [ -x "$out/kube-apiserver" ] && [ -x "$out/kubectl" ] && return 0
+  log "building kube-apiserver and kubectl v$K8S_VERSION (cold: 15-30 min on 2 cores)"
+  local work minor staging gomod ldf
+  work="$(mktemp -d)"
+  minor="$(echo "$K8S_VERSION" | cut -d. -f2)"
+  staging="v0.${K8S_VERSION#1.}"
+  (
+    cd "$work"
+    gomod="$(go mod download -json "k8s.io/kubernetes@v$K8S_VERSION" \
+      | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
+    {
+      echo "module lifecycle-webhook/e2e-tools/kube"; echo
+      sed -nE 's/^(go [0-9.]+)$/\1/p; s/^(godebug .*)$/\1/p' "$gomod"; echo
+      echo "replace ("
+      sed -nE 's#^[[:space:]]*(k8s\.io/[A-Za-z0-9._-]+) => \./staging/src/.*#\t\1 => \1 '"$staging"'#p' "$gomod"
+      echo ")"
+    } > go.mod
+    go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@v$K8S_VERSION" >&2
+    go get -tool "k8s.io/kubernetes/cmd/kubectl@v$K8S_VERSION" >&2
+    ldf="-s -w"
+    for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+      ldf="$ldf -X $p.gitVersion=v$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+    done
+    go build -trimpath -tags notest -ldflags "$ldf" -o "$out/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver
+    go build -trimpath -tags notest -ldflags "$ldf" -o "$out/kubectl.tmp" k8s.io/kubernetes/cmd/kubectl
+  )
+  rm -rf "$work"
+  mv "$out/kube-apiserver.tmp" "$out/kube-apiserver"
+  mv "$out/kubectl.tmp" "$out/kubectl"
+}
+
+build_etcd() {
+  [ -x "$out/etcd" ] && return 0
+  log "building etcd v$ETCD_VERSION"
+  local work
+  work="$(mktemp -d)"
+  (
+    cd "$work"
+    printf 'module lifecycle-webhook/e2e-tools/etcd\n\ngo 1.25.0\n' > go.mod
+    go get -tool "go.etcd.io/etcd/server/v3@v$ETCD_VERSION" >&2
+    go build -trimpath -ldflags "-s -w" -o "$out/etcd.tmp" go.etcd.io/etcd/server/v3
+  )
+  rm -rf "$work"
+  mv "$out/etcd.tmp" "$out/etcd"
+}
+
+build_helm() {
+  [ -x "$out/helm" ] && return 0
+  log "building helm v$HELM_VERSION"
+  local work
+  work="$(mktemp -d)"
+  (
+    cd "$work"
+    GOBIN="$work/bin" go install -trimpath \
+      -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION" \
+      "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION"
+    mv "$work/bin/helm" "$out/helm.tmp"
+  )
+  rm -rf "$work"
+  mv "$out/helm.tmp" "$out/helm"
+}
+
+case "${1:-all}" in
+  helm) build_helm ;;
+  kube) build_kube ;;
+  etcd) build_etcd ;;
+  all) build_helm; build_etcd; build_kube ;;
+  *) echo "usage: $0 [all|helm|etcd|kube]" >&2; exit 2 ;;
+esac
+echo "$out"

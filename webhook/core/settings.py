@@ -1,0 +1,108 @@
+"""The settings table and its four layers: default < config file < namespace < pod.
+
+Every setting has one key; an annotation `lifecycle-webhook.io/<key>` on the Namespace or on the
+Pod sets it, and so does the camelCase key in the configuration file where the table has one.
+A value that does not parse is ignored (the layer below stays in force) and reported once.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from webhook.core import values
+from webhook.core.messages import quoted, warning
+from webhook.core.model import PREFIX, STATUS_KEY, AdmissionWarning, Config, Layer
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    key: str
+    config_key: str | None
+    parse: values.Parser
+    default: Any = None
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("prestop", "prestop", values.choice("auto", "sleep", "exec", "http", "none"), "auto"),
+    Setting("prestop-seconds", "prestopSeconds", values.parse_seconds, 5),
+    Setting("prestop-exec", "prestopExec", values.parse_command),
+    Setting("prestop-http-path", "prestopHttpPath", values.parse_http_path, "/shutdown"),
+    Setting("prestop-http-port", "prestopHttpPort", values.parse_port),
+    Setting("shutdown-seconds", "shutdownSeconds", values.parse_seconds, 25),
+    Setting("sidecar-shutdown-seconds", "sidecarShutdownSeconds", values.parse_seconds, 5),
+    Setting("termination-grace-period-seconds", None, values.parse_seconds),
+    Setting("containers", None, values.parse_names),
+    Setting("sidecars", None, values.parse_names),
+    Setting("init-order", None, values.parse_init_order),
+    Setting("poststart-exec", None, values.parse_command),
+    Setting("jobs", "jobs", values.choice("skip", "inject"), "skip"),
+    Setting("inject", None, values.parse_bool),
+    Setting("report-only", "reportOnly", values.parse_bool, False),
+)
+SETTINGS_BY_KEY = {setting.key: setting for setting in SETTINGS}
+ANNOTATION_KEYS = tuple(PREFIX + setting.key for setting in SETTINGS)
+_RESERVED_ANNOTATIONS = frozenset({STATUS_KEY})
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """The value of every setting for one pod, and the layer each came from."""
+
+    values: Mapping[str, Any]
+    layers: Mapping[str, Layer]
+    problems: tuple[AdmissionWarning, ...]
+    """Invalid values and unknown keys: warnings, or a denial in strict mode."""
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+
+def resolve(
+    config: Config,
+    namespace_annotations: Mapping[str, Any],
+    pod_annotations: Mapping[str, Any],
+) -> Resolved:
+    resolved: dict[str, Any] = {}
+    layers: dict[str, Layer] = {}
+    problems: list[AdmissionWarning] = []
+    for setting in SETTINGS:
+        resolved[setting.key] = setting.default
+        if setting.default is not None:
+            layers[setting.key] = "default"
+        if setting.key in config.values:
+            resolved[setting.key] = config.values[setting.key]
+            layers[setting.key] = "config"
+    for layer, layer_annotations in (
+        ("namespace", namespace_annotations),
+        ("pod", pod_annotations),
+    ):
+        for name, raw in layer_annotations.items():
+            if not name.startswith(PREFIX) or name in _RESERVED_ANNOTATIONS:
+                continue
+            key = name[len(PREFIX) :]
+            known = SETTINGS_BY_KEY.get(key)
+            if known is None:
+                problems.append(_unknown_key(key, layer))
+                continue
+            try:
+                resolved[key] = known.parse(raw, config.max_seconds)
+            except values.InvalidValue as invalid:
+                problems.append(
+                    warning(
+                        "invalid_value",
+                        f"{name}={{}} on {layer} ignored: {invalid.reason}",
+                        quoted(raw),
+                    )
+                )
+                continue
+            layers[key] = layer  # type: ignore[assignment]
+    return Resolved(values=resolved, layers=layers, problems=tuple(problems))
+
+
+def _unknown_key(key: str, layer: str) -> AdmissionWarning:
+    close = difflib.get_close_matches(key, SETTINGS_BY_KEY, n=1, cutoff=0.7)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return warning("unknown_key", f"unknown annotation {PREFIX}{{}} on {layer}{hint}", key)
