@@ -171,7 +171,9 @@ def _plan_lifecycle(
             )
         )
         if explicit == 0:
-            plan.grace = (raw_grace, _floor_at_user_sleeps(plan, 0, containers, init_containers))
+            target = _floor_at_user_sleeps(plan, 0, containers, init_containers)
+            if target != raw_grace:
+                plan.grace = (raw_grace, target)
         return
 
     p = resolved["prestop-seconds"]
