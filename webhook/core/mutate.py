@@ -483,7 +483,15 @@ def _unmatched(
 
 def _explain_settings(resolved: settings_table.Resolved) -> Iterable[str]:
     for key in sorted(resolved.layers):
-        yield f"setting {key} = {json.dumps(resolved[key])} ({resolved.layers[key]})"
+        yield f"setting {key} = {_show(resolved[key])} ({resolved.layers[key]})"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _describe(handler: Mapping[str, Any]) -> str:
