@@ -34,15 +34,19 @@ def shorten(text: str, limit: int) -> str:
     return text[: max(limit - len(_ELLIPSIS), 0)] + _ELLIPSIS
 
 
+MIN_ELASTIC_LENGTH = 16
+
+
 def warning(reason: str, template: str, elastic: object = "") -> AdmissionWarning:
     """Build a warning from a template with one `{}` for the user-supplied part.
 
-    The elastic part is escaped and shortened so the whole text fits in 120 characters;
-    the fixed part of the template is never cut unless it alone is too long.
+    The elastic part is escaped and shortened so the whole text fits in 120 characters, but
+    keeps at least 16 characters: naming the offending value matters more than the tail of
+    the template, which is what gets cut when both cannot fit.
     """
     fixed = WARNING_PREFIX + template.replace("{}", "")
     room = MAX_WARNING_LENGTH - len(fixed)
-    part = shorten(printable(elastic), max(room, 4))
+    part = shorten(printable(elastic), max(room, MIN_ELASTIC_LENGTH))
     text = shorten(WARNING_PREFIX + template.replace("{}", part), MAX_WARNING_LENGTH)
     return AdmissionWarning(reason=reason, text=text)
 

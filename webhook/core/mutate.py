@@ -447,7 +447,8 @@ def _status(
         status["containers"] = merged_containers
     if plan.grace is not None:
         earlier_grace = _mapping(earlier.get("grace"))
-        start = earlier_grace["from"] if "from" in earlier_grace else plan.grace[0]
+        before = DEFAULT_GRACE_SECONDS if plan.grace[0] is None else plan.grace[0]
+        start = earlier_grace.get("from", before)
         status["grace"] = {"from": start, "to": plan.grace[1]}
     elif "grace" in earlier:
         status["grace"] = earlier["grace"]

@@ -70,18 +70,18 @@ def parse_command(raw: Any, _max_seconds: int = 0) -> list[str]:
         try:
             argv = json.loads(raw)
         except ValueError:
-            raise InvalidValue("want a JSON array of strings or a shell command") from None
+            raise InvalidValue("want JSON array of strings or a command") from None
     elif isinstance(raw, str) and raw.strip():
         return [SHELL, "-c", raw]
     else:
-        raise InvalidValue("want a JSON array of strings or a shell command")
+        raise InvalidValue("want JSON array of strings or a command")
     if (
         not isinstance(argv, list)
         or not argv
         or not all(isinstance(arg, str) for arg in argv)
         or not argv[0]
     ):
-        raise InvalidValue("want a non-empty JSON array of strings")
+        raise InvalidValue("want non-empty JSON array of strings")
     return list(argv)
 
 
@@ -108,7 +108,7 @@ def parse_port(raw: Any, _max_seconds: int = 0) -> int | str:
     if number is not None:
         if 1 <= number <= 65535:
             return number
-        raise InvalidValue("want a port number 1..65535 or a port name")
+        raise InvalidValue("want port 1..65535 or port name")
     if (
         isinstance(raw, str)
         and len(raw) <= 15
@@ -117,13 +117,13 @@ def parse_port(raw: Any, _max_seconds: int = 0) -> int | str:
         and any(c.isalpha() for c in raw)
     ):
         return raw
-    raise InvalidValue("want a port number 1..65535 or a port name")
+    raise InvalidValue("want port 1..65535 or port name")
 
 
 def parse_names(raw: Any, _max_seconds: int = 0) -> tuple[str, ...]:
     """A comma list: items trimmed of spaces, empty items and repeats dropped, at least one."""
     if not isinstance(raw, str):
-        raise InvalidValue("want a comma-separated list of names")
+        raise InvalidValue("want a comma list of names")
     names: list[str] = []
     for item in raw.split(","):
         name = item.strip(" ")
