@@ -1,6 +1,7 @@
 """The rules of SPEC §2–4, one example each, run through the pure core and applied strictly."""
 
 import json
+from typing import Any
 
 import jsonpatch
 import pytest
@@ -12,7 +13,7 @@ P = "lifecycle-webhook.io/"
 
 
 def make_pod(annotations=None, labels=None, containers=None, init=None, **spec):
-    pod = {
+    pod: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": "web", "namespace": "shop"},
@@ -448,6 +449,7 @@ def test_strict_denies_listing_every_problem():
     mutation = mutate(pod, settings)
     assert mutation.outcome == "denied"
     assert mutation.ops == []
+    assert mutation.denial is not None
     assert (
         "prestop-seconds" in mutation.denial
         and "bogus" in mutation.denial

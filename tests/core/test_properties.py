@@ -9,6 +9,7 @@ input, give that pod, add nothing over an existing key, and give no patch on a s
 import copy
 import json
 import os
+from typing import Any
 
 import jsonpatch
 import kubernetes_validate
@@ -166,7 +167,7 @@ def scenarios(draw):
     put("poststart-exec", draw(maybe(st.just(("warm", ["/bin/sh", "-c", "warm"])))))
     if draw(st.booleans()):
         annotations["example.com/a~b/c"] = "kept"
-    pod = {
+    pod: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"generateName": "web-", "namespace": "shop"},
