@@ -492,3 +492,10 @@ def test_non_pod_shapes_do_not_crash():
     ):
         mutation = mutate(odd, Settings())
         apply_patch(odd, mutation.ops)
+
+
+def test_patch_escaping_order():
+    from webhook.core.patch import escape
+
+    assert escape("a/b~c") == "a~1b~0c"
+    assert escape("~1") == "~01", "~ is escaped first, or ~1 would decode to /"

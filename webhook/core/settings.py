@@ -79,9 +79,13 @@ def resolve(
         ("namespace", namespace_annotations),
         ("pod", pod_annotations),
     ):
-        for name, raw in layer_annotations.items():
-            if not name.startswith(PREFIX) or name in _RESERVED_ANNOTATIONS:
+        # Sorted, as the API server serialises annotations: warnings come in the same order
+        # from the server and from the CLI, whatever order a manifest listed them in.
+        ours = sorted(k for k in layer_annotations if k.startswith(PREFIX))
+        for name in ours:
+            if name in _RESERVED_ANNOTATIONS:
                 continue
+            raw = layer_annotations[name]
             key = name[len(PREFIX) :]
             known = SETTINGS_BY_KEY.get(key)
             if known is None:
