@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from webhook.core import handlers, init_order
 from webhook.core import settings as settings_table
 from webhook.core.messages import WARNING_PREFIX, printable, quoted, warning
@@ -43,9 +45,11 @@ class _Plan:
     init_order: list[str] | None = None
     warnings: list[AdmissionWarning] = field(default_factory=list)
     explanation: list[str] = field(default_factory=list)
+    explain: bool = False
 
 
-def mutate(pod: Pod, settings: Settings) -> Mutation:
+def mutate(pod: Pod, settings: Settings, *, explain: bool = False) -> Mutation:
+    """The operations for `pod`; with `explain`, also each decision in words (for the CLI)."""
     metadata = _mapping(pod.get("metadata"))
     annotations = _mapping(metadata.get("annotations"))
     labels = _mapping(metadata.get("labels"))
@@ -55,7 +59,7 @@ def mutate(pod: Pod, settings: Settings) -> Mutation:
     if skip:
         return Mutation(ops=[], outcome="skipped", explanation=(f"skipped: {skip}",))
 
-    plan = _Plan()
+    plan = _Plan(explain=explain)
     namespace_annotations = settings.namespace_annotations
     if namespace_annotations is None:
         plan.warnings.append(
@@ -72,7 +76,8 @@ def mutate(pod: Pod, settings: Settings) -> Mutation:
         return Mutation(
             ops=[], outcome="skipped", explanation=(f"skipped: {layer} annotation inject=false",)
         )
-    plan.explanation.extend(_explain_settings(resolved))
+    if explain:
+        plan.explanation.extend(_explain_settings(resolved))
 
     spec = _mapping(pod.get("spec"))
     containers = _list(spec.get("containers"))
@@ -233,9 +238,10 @@ def _plan_lifecycle(
     else:
         target = max(current, required)
         source = f"max(current {current}, required {required})"
-    plan.explanation.append(
-        f"grace period: required {required} = {terms}; final {target} = {source}"
-    )
+    if plan.explain:
+        plan.explanation.append(
+            f"grace period: required {required} = {terms}; final {target} = {source}"
+        )
 
     for index, handler in plan.prestop.items():
         seconds = handlers.action_sleep_seconds(handler)
@@ -458,7 +464,7 @@ def _status(
         status["initOrder"] = earlier["initOrder"]
     if resolved["report-only"]:
         status["reportOnly"] = True
-    return json.dumps(status, sort_keys=True, separators=(",", ":"))
+    return orjson.dumps(status, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def _parse_status(previous: Any) -> dict[str, Any]:
