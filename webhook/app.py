@@ -1,0 +1,271 @@
+"""The admission HTTP app: POST /mutate, GET /healthz, GET /readyz.
+
+/mutate is a plain ASGI endpoint mounted in the FastAPI router: raw body, orjson, no
+pydantic, no Request/Response objects. FastAPI's per-request dependency solving and
+response classes would cost more than the mutation itself (research anchors-performance 4).
+An unexpected exception answers HTTP 500, so the API server's failurePolicy decides;
+a bug never becomes a denial.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import Any
+
+import orjson
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from webhook.admission import BadReview, ReviewRequest, build_response, parse_review
+from webhook.core.model import NEWEST_KNOWN_VERSION, Config, Mutation, Settings
+from webhook.logs import JsonLog
+from webhook.metrics import Metrics
+from webhook.namespaces import Lookup, NamespaceSource
+
+DEFAULT_MAX_BODY_BYTES = 3 * 1024 * 1024
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+@dataclass(eq=False)
+class ServerState:
+    """What the request path reads; reloaders replace fields, requests never write them."""
+
+    config: Config
+    namespaces: NamespaceSource
+    metrics: Metrics
+    log: JsonLog
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    cluster_version_override: tuple[int, int] | None = None
+    """--cluster-version; wins over the config file."""
+    detected_version: tuple[int, int] | None = None
+    """From the API server's /version, when the config says `auto`."""
+    version_resolved: bool = False
+    """Detection finished (or was not needed); readiness waits for it."""
+    certificates_loaded: bool = False
+    draining: bool = False
+    cluster_version: tuple[int, int] = field(init=False, default=NEWEST_KNOWN_VERSION)
+
+    def __post_init__(self) -> None:
+        self._refresh_version()
+
+    def _refresh_version(self) -> None:
+        self.cluster_version = (
+            self.cluster_version_override
+            or self.config.cluster_version
+            or self.detected_version
+            or NEWEST_KNOWN_VERSION
+        )
+
+    def set_config(self, config: Config) -> None:
+        self.config = config
+        self._refresh_version()
+
+    def set_detected_version(self, version: tuple[int, int] | None) -> None:
+        self.detected_version = version
+        self.version_resolved = True
+        self._refresh_version()
+
+    def not_ready_because(self) -> list[str]:
+        reasons = []
+        if not self.certificates_loaded:
+            reasons.append("certificates not loaded")
+        if not self.version_resolved:
+            reasons.append("cluster version not resolved")
+        if self.draining:
+            reasons.append("shutting down")
+        return reasons
+
+
+def _is_json(content_type: bytes) -> bool:
+    media_type = content_type.split(b";", 1)[0].strip().lower()
+    return media_type == b"application/json"
+
+
+def _error_body(message: str) -> bytes:
+    return orjson.dumps({"error": message})
+
+
+class MutateEndpoint:
+    """POST /mutate as a raw ASGI app."""
+
+    def __init__(self, state: ServerState) -> None:
+        from webhook.core import mutate
+
+        self.state = state
+        self.mutate = mutate
+
+    async def _reply(self, send: Send, status: int, body: bytes, close: bool = False) -> None:
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        if close or self.state.draining:
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _invalid(
+        self, send: Send, started: float, status: int, message: str, close: bool = False
+    ) -> None:
+        state = self.state
+        seconds = perf_counter() - started
+        state.metrics.review("other", "invalid", seconds)
+        state.log.review(
+            uid="",
+            namespace="",
+            name="",
+            owner_kind="",
+            owner_name="",
+            operation="",
+            outcome="invalid",
+            features=(),
+            warnings=0,
+            duration_ms=seconds * 1000,
+            status=status,
+            error=message,
+        )
+        await self._reply(send, status, _error_body(message), close=close)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = perf_counter()
+        state = self.state
+        limit = state.max_body_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                if not _is_json(value):
+                    await self._invalid(
+                        send,
+                        started,
+                        415,
+                        "Content-Type must be application/json",
+                        close=True,
+                    )
+                    return
+            elif name == b"content-length" and (not value.isdigit() or int(value) > limit):
+                await self._invalid(
+                    send, started, 413, f"body larger than {limit} bytes", close=True
+                )
+                return
+
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away; nobody to answer
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await self._invalid(
+                    send, started, 413, f"body larger than {limit} bytes", close=True
+                )
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+        review: ReviewRequest | None = None
+        try:
+            review = parse_review(body)
+            answer, mutation = await self._answer(review)
+        except BadReview as exc:
+            await self._invalid(send, started, 400, exc.message)
+            return
+        except Exception as exc:
+            await self._reply(send, 500, _error_body("internal error; see the webhook's log"))
+            self._record_error(review, started, exc)
+            return
+        await self._reply(send, 200, answer)
+        self._record(review, mutation, perf_counter() - started)
+
+    def _record(self, review: ReviewRequest, mutation: Mutation | None, seconds: float) -> None:
+        if mutation is None:
+            outcome: str = "skipped"
+            features: tuple[str, ...] = ()
+            reasons: tuple[str, ...] = ()
+        else:
+            outcome, features = mutation.outcome, mutation.features
+            reasons = tuple(w.reason for w in mutation.warnings)
+        self.state.metrics.review(review.operation, outcome, seconds, features, reasons)
+        self.state.log.review(
+            uid=review.uid,
+            namespace=review.namespace,
+            name=review.name,
+            owner_kind=review.owner_kind,
+            owner_name=review.owner_name,
+            operation=review.operation,
+            outcome=outcome,
+            features=features,
+            warnings=len(reasons),
+            duration_ms=seconds * 1000,
+            dry_run=review.dry_run,
+        )
+
+    def _record_error(self, review: ReviewRequest | None, started: float, exc: Exception) -> None:
+        seconds = perf_counter() - started
+        self.state.metrics.review(review.operation if review else "other", "error", seconds)
+        self.state.log.review(
+            uid=review.uid if review else "",
+            namespace=review.namespace if review else "",
+            name=review.name if review else "",
+            owner_kind=review.owner_kind if review else "",
+            owner_name=review.owner_name if review else "",
+            operation=review.operation if review else "",
+            outcome="error",
+            features=(),
+            warnings=0,
+            duration_ms=seconds * 1000,
+            dry_run=review.dry_run if review else False,
+            status=500,
+            error=f"{type(exc).__name__}: {exc}",
+            traceback="".join(traceback.format_exception(exc)),
+        )
+
+    async def _answer(self, review: ReviewRequest) -> tuple[bytes, Mutation | None]:
+        if review.pod is None:
+            return orjson.dumps(build_response(review, None)), None
+        state = self.state
+        source = state.namespaces
+        peeked = source.peek(review.namespace)
+        annotations: Mapping[str, str] | None
+        if isinstance(peeked, Lookup):
+            from anyio import to_thread
+
+            annotations = await to_thread.run_sync(source.annotations, review.namespace)
+        else:
+            annotations = peeked
+        settings = Settings(
+            config=state.config,
+            namespace=review.namespace,
+            namespace_annotations=annotations,
+            cluster_version=state.cluster_version,
+        )
+        mutation = self.mutate(review.pod, settings)
+        return orjson.dumps(build_response(review, mutation)), mutation
+
+
+def create_app(state: ServerState) -> FastAPI:
+    """The ASGI app for one server (no API docs routes: the port faces the API server only)."""
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    app.router.add_route("/mutate", MutateEndpoint(state), methods=["POST"])  # type: ignore[arg-type]
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"alive": True})
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        reasons = state.not_ready_because()
+        if reasons:
+            return JSONResponse({"ready": False, "reasons": reasons}, status_code=503)
+        return JSONResponse({"ready": True})
+
+    return app

@@ -1,0 +1,132 @@
+"""JSON log lines on stderr: one per review, one per server event.
+
+Written with one `os.write` per line (no logging-module machinery on the request path, and
+lines from threads never interleave). uvicorn's own records are bridged into the same shape.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+
+_UTC = dt.UTC
+_DUMPS_OPTIONS = orjson.OPT_UTC_Z
+"""Timestamps are datetimes that orjson writes as RFC 3339 UTC (`...T07:16:16.082123Z`)."""
+
+
+class JsonLog:
+    """Writes JSON lines at or above `level` to a file descriptor (stderr by default)."""
+
+    def __init__(self, level: str = "info", fd: int = 2) -> None:
+        if level not in LEVELS:
+            raise ValueError(f"unknown log level {level!r}; one of {', '.join(LEVELS)}")
+        self.level = level
+        self.threshold = LEVELS[level]
+        self.fd = fd
+
+    def _write(self, record: dict[str, Any]) -> None:
+        data = orjson.dumps(record, default=str, option=_DUMPS_OPTIONS) + b"\n"
+        try:
+            while data:
+                data = data[os.write(self.fd, data) :]
+        except OSError:
+            pass  # a closed stderr must not turn a review into an error
+
+    def event(self, event: str, level: str = "info", **fields: Any) -> None:
+        """A server event: started, cert reloaded, config reload failed, draining, ..."""
+        if LEVELS[level] < self.threshold:
+            return
+        self._write({"ts": dt.datetime.now(_UTC), "level": level, "event": event, **fields})
+
+    def review(
+        self,
+        *,
+        uid: str,
+        namespace: str,
+        name: str,
+        owner_kind: str,
+        owner_name: str,
+        operation: str,
+        outcome: str,
+        features: Iterable[str],
+        warnings: int,
+        duration_ms: float,
+        dry_run: bool = False,
+        status: int = 200,
+        error: str | None = None,
+        traceback: str | None = None,
+    ) -> None:
+        level = "info" if status < 400 else "warning" if status < 500 else "error"
+        if LEVELS[level] < self.threshold:
+            return
+        record: dict[str, Any] = {
+            "ts": dt.datetime.now(_UTC),
+            "level": level,
+            "event": "review",
+            "uid": uid,
+            "namespace": namespace,
+            "name": name,
+            "owner_kind": owner_kind,
+            "owner_name": owner_name,
+            "operation": operation,
+            "outcome": outcome,
+            "features": list(features),
+            "warnings": warnings,
+            "duration_ms": round(duration_ms, 3),
+        }
+        if dry_run:
+            record["dry_run"] = True
+        if status != 200:
+            record["status"] = status
+        if error:
+            record["error"] = error
+        if traceback:
+            record["traceback"] = traceback
+        self._write(record)
+
+
+class BridgeHandler(logging.Handler):
+    """Sends stdlib log records (uvicorn's) through a JsonLog, so stderr stays one format."""
+
+    def __init__(self, log: JsonLog) -> None:
+        super().__init__()
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = "debug"
+        for name, number in LEVELS.items():
+            if record.levelno >= number:
+                level = name
+        fields: dict[str, Any] = {"logger": record.name, "message": record.getMessage()}
+        if record.exc_info and record.exc_info[0] is not None:
+            fields["exception"] = logging.Formatter().formatException(record.exc_info)
+        self.log.event("server", level=level, **fields)
+
+
+def bridge_stdlib_logging(log: JsonLog) -> None:
+    """Route stdlib logging (uvicorn, the kubernetes client) into `log`.
+
+    uvicorn's per-connection chatter and urllib3's retry notices stay below the threshold
+    unless the level is debug: the server logs its own events for what they mean.
+    """
+    handler = BridgeHandler(log)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(LEVELS[log.level])
+    quiet = logging.DEBUG if log.level == "debug" else logging.WARNING
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+    logging.getLogger("uvicorn").setLevel(quiet)
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    for name in ("urllib3", "kubernetes"):
+        logging.getLogger(name).setLevel(logging.DEBUG if log.level == "debug" else logging.ERROR)
