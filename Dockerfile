@@ -1,0 +1,43 @@
+# syntax=docker/dockerfile:1
+# lifecycle-webhook image. The builder stage turns the project and its dependencies into
+# wheels; the final stage only installs those wheels into a venv (no compiler, no build
+# tools, no network) and runs as an unprivileged numeric user on a read-only root
+# filesystem. The chart mounts an emptyDir at /tmp, the only place it writes.
+#
+# Bump the patch version (and pin a digest where your registry allows) with the base image.
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY webhook ./webhook
+# The project's wheel plus a wheel for every dependency; anything without a binary wheel
+# for this platform is compiled here, never in the final stage.
+RUN python -m pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM ${PYTHON_IMAGE}
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    TMPDIR=/tmp \
+    HOME=/tmp \
+    PATH=/opt/venv/bin:$PATH
+# Offline, binary-only install from the builder's wheels (compiled to .pyc now, so a
+# read-only filesystem costs nothing at start-up); pip leaves the venv afterwards.
+RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
+    python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir --no-index --only-binary=:all: \
+        --find-links=/wheels /wheels/lifecycle_webhook-*.whl \
+    && /opt/venv/bin/pip uninstall --yes pip setuptools \
+    && groupadd --system --gid 65532 nonroot \
+    && useradd --system --uid 65532 --gid 65532 --no-create-home \
+        --home-dir /nonexistent --shell /usr/sbin/nologin nonroot
+USER 65532:65532
+WORKDIR /
+# 8443: admission (HTTPS); 9090: /metrics (HTTP).
+EXPOSE 8443 9090
+ENTRYPOINT ["lifecycle-webhook", "serve"]

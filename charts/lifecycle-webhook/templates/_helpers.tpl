@@ -1,0 +1,118 @@
+{{/*
+The annotation and label prefix of the product (webhook.core.model.PREFIX). A test checks they agree.
+*/}}
+{{- define "lifecycle-webhook.prefix" -}}lifecycle-webhook.io/{{- end -}}
+
+{{- define "lifecycle-webhook.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "lifecycle-webhook.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "lifecycle-webhook.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "lifecycle-webhook.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "lifecycle-webhook.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "lifecycle-webhook.labels" -}}
+helm.sh/chart: {{ include "lifecycle-webhook.chart" . }}
+{{ include "lifecycle-webhook.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "lifecycle-webhook.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "lifecycle-webhook.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "lifecycle-webhook.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Cluster-scoped, so it carries the release name. */}}
+{{- define "lifecycle-webhook.webhookConfigName" -}}
+{{- include "lifecycle-webhook.fullname" . -}}
+{{- end -}}
+
+{{/* The Secret the server reads its serving pair from. */}}
+{{- define "lifecycle-webhook.tlsSecretName" -}}
+{{- if eq .Values.certs.source "provided" -}}
+{{- .Values.certs.provided.secretName -}}
+{{- else -}}
+{{- printf "%s-tls" (include "lifecycle-webhook.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* excludedNamespaces plus the release namespace, as a JSON list (use with fromJsonArray). */}}
+{{- define "lifecycle-webhook.excludedNamespaces" -}}
+{{- concat .Values.excludedNamespaces (list .Release.Namespace) | uniq | toJson -}}
+{{- end -}}
+
+{{/* terminationGracePeriodSeconds: preStop sleep + server drain + margin, or the explicit value. */}}
+{{- define "lifecycle-webhook.terminationGracePeriodSeconds" -}}
+{{- $required := add .Values.lifecycle.preStopSleepSeconds .Values.server.drainSeconds -}}
+{{- $explicit := .Values.lifecycle.terminationGracePeriodSeconds -}}
+{{- if kindIs "invalid" $explicit -}}
+{{- add $required .Values.lifecycle.graceMarginSeconds -}}
+{{- else if lt (int $explicit) (int $required) -}}
+{{- fail (printf "lifecycle.terminationGracePeriodSeconds (%d) must be at least lifecycle.preStopSleepSeconds + server.drainSeconds (%d)" (int $explicit) (int $required)) -}}
+{{- else -}}
+{{- int $explicit -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Restricted Pod Security for every container. */}}
+{{- define "lifecycle-webhook.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop:
+    - ALL
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Arguments shared by the one-shot and the watching `certs bootstrap`. */}}
+{{- define "lifecycle-webhook.bootstrapArgs" -}}
+{{- if lt (int .Values.certs.self.caDays) (mul 6 (int .Values.certs.self.leafDays)) -}}
+{{- fail (printf "certs.self.caDays (%d) must be at least 6 * certs.self.leafDays (%d)" (int .Values.certs.self.caDays) (int .Values.certs.self.leafDays)) -}}
+{{- end -}}
+- --secret={{ include "lifecycle-webhook.tlsSecretName" . }}
+- --namespace=$(POD_NAMESPACE)
+- --service={{ include "lifecycle-webhook.fullname" . }}
+- --webhook-config={{ include "lifecycle-webhook.webhookConfigName" . }}
+- --out=/etc/lifecycle-webhook/tls
+- --ca-days={{ .Values.certs.self.caDays }}
+- --leaf-days={{ .Values.certs.self.leafDays }}
+{{- end -}}
+
+{{- define "lifecycle-webhook.podNamespaceEnv" -}}
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+{{- end -}}
