@@ -252,10 +252,34 @@ class MutateEndpoint:
         return orjson.dumps(build_response(review, mutation)), mutation
 
 
-def create_app(state: ServerState) -> FastAPI:
+class AdmissionApp:
+    """POST /mutate goes straight to its endpoint; everything else to FastAPI.
+
+    FastAPI's middleware stack and router cost about 19 µs per review, a fifth of the whole
+    request on a 3 KB pod (measured with `make bench`). Health, readiness, lifespan, 404s
+    and 405s stay with FastAPI, where /mutate is registered too.
+    """
+
+    def __init__(self, endpoint: MutateEndpoint, fallback: FastAPI) -> None:
+        self.endpoint = endpoint
+        self.fallback = fallback
+
+    @property
+    def routes(self) -> list[Any]:
+        return list(self.fallback.routes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/mutate":
+            await self.endpoint(scope, receive, send)
+        else:
+            await self.fallback(scope, receive, send)
+
+
+def create_app(state: ServerState) -> AdmissionApp:
     """The ASGI app for one server (no API docs routes: the port faces the API server only)."""
+    endpoint = MutateEndpoint(state)
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
-    app.router.add_route("/mutate", MutateEndpoint(state), methods=["POST"])  # type: ignore[arg-type]
+    app.router.add_route("/mutate", endpoint, methods=["POST"])  # type: ignore[arg-type]
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
@@ -268,4 +292,4 @@ def create_app(state: ServerState) -> FastAPI:
             return JSONResponse({"ready": False, "reasons": reasons}, status_code=503)
         return JSONResponse({"ready": True})
 
-    return app
+    return AdmissionApp(endpoint, app)
