@@ -188,8 +188,10 @@ def image_venv() -> Iterator[Path]:
     """A clean venv holding the wheel built from exactly what the Dockerfile copies.
 
     The venv is root-owned and read-only to the user who runs it. Third-party dependencies
-    come from the development venv through a .pth path (tests may not download); the
-    project itself, its console script and its metadata come from the wheel alone."""
+    are copied, file by file, from the development venv's installed distributions (tests do
+    not download): exactly the closure of the wheel's runtime requirements, as pip would
+    install it. The project itself, its console script and its metadata come from the wheel
+    alone."""
     if os.geteuid() == 0 and shutil.which("setpriv") is None:
         skip_or_fail("setpriv (util-linux) is needed to drop root for this test")
     python = base_python()
@@ -225,14 +227,43 @@ def image_venv() -> Iterator[Path]:
             check=True, capture_output=True, timeout=300,
         )  # fmt: skip
         site = next((venv / "lib").glob("python3.*/site-packages"))
-        dev_site = next(p for p in map(Path, sys.path) if p.name == "site-packages")
-        (site / "zz_dev_dependencies.pth").write_text(f"{dev_site}\n")
+        copy_runtime_dependencies(site)
         for path in [work, *work.rglob("*")]:
             if not path.is_symlink():
                 path.chmod(0o755 if path.is_dir() else path.stat().st_mode & 0o755)
         yield venv
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def copy_runtime_dependencies(site: Path) -> None:
+    """Copy the installed files of lifecycle-webhook's runtime requirement closure into `site`."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    pending = [Requirement(r) for r in metadata.requires("lifecycle-webhook") or []]
+    pending = [r for r in pending if r.marker is None or r.marker.evaluate({"extra": ""})]
+    seen: set[str] = set()
+    while pending:
+        requirement = pending.pop()
+        for extra in ("", *sorted(requirement.extras)):
+            key = f"{requirement.name.lower()}[{extra}]"
+            if key in seen:
+                continue
+            seen.add(key)
+            dist = metadata.distribution(requirement.name)
+            if not extra:
+                for file in dist.files or []:
+                    source = Path(str(file.locate()))
+                    target = site / file
+                    if source.is_file() and not str(file).startswith(".."):
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(source, target)
+            for raw in dist.requires or []:
+                child = Requirement(raw)
+                if child.marker is None or child.marker.evaluate({"extra": extra}):
+                    pending.append(child)
 
 
 @contextlib.contextmanager
