@@ -52,22 +52,26 @@ def _key_pem(key: EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _validity(days: int) -> tuple[dt.datetime, dt.datetime]:
+def _validity(days: int, now: dt.datetime | None) -> tuple[dt.datetime, dt.datetime]:
     if days < 1:
         raise ValueError(f"days must be at least 1, got {days}")
-    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    return now - CLOCK_SKEW, now + dt.timedelta(days=days)
+    start = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
+    return start - CLOCK_SKEW, start + dt.timedelta(days=days)
 
 
-def generate_ca(common_name: str = "lifecycle-webhook-ca", days: int = 3650) -> KeyPair:
-    """A self-signed CA that may sign serving certificates only (pathLen 0)."""
+def generate_ca(
+    common_name: str = "lifecycle-webhook-ca", days: int = 3650, *, now: dt.datetime | None = None
+) -> KeyPair:
+    """A self-signed CA that may sign serving certificates only (pathLen 0).
+
+    `now` (default: the clock) lets renewal logic and its tests issue as of another time."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.x509.oid import NameOID
 
     key = _new_key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    not_before, not_after_ = _validity(days)
+    not_before, not_after_ = _validity(days, now)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -102,6 +106,8 @@ def generate_serving(
     dns_names: list[str],
     ip_addresses: list[str] = [],  # noqa: B006 - read only; the signature is shared with the chart
     days: int = 365,
+    *,
+    now: dt.datetime | None = None,
 ) -> KeyPair:
     """A leaf for TLS servers, valid for exactly the given names and addresses."""
     from cryptography import x509
@@ -116,7 +122,7 @@ def generate_serving(
     sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
     sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
     common_name = dns_names[0] if dns_names else ip_addresses[0]
-    not_before, not_after_ = _validity(days)
+    not_before, not_after_ = _validity(days, now)
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     cert = (
         x509.CertificateBuilder()

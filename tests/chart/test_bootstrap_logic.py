@@ -14,13 +14,10 @@ from typing import Any
 import jsonpatch
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from webhook import bootstrap
 from webhook import certs_policy as cp
-from webhook.certs import KeyPair, service_dns_names
+from webhook.certs import KeyPair, generate_ca, generate_serving, service_dns_names
 from webhook.certs_policy import CertState, Policy
 
 NAMES = service_dns_names("lcw-lifecycle-webhook", "lifecycle-system")
@@ -29,64 +26,21 @@ T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)
 
 
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
 class ClockIssuer:
-    """Issues real certificates whose validity starts at `now` (backdated 5 minutes, like
-    webhook.certs), so a test can live through years of renewals in milliseconds."""
+    """Issues real certificates with webhook.certs as of `now`, so a test can live through
+    years of renewals in milliseconds."""
 
     def __init__(self, now: dt.datetime) -> None:
         self.now = now
         self.issued = 0
 
-    def _window(self, days: int) -> tuple[dt.datetime, dt.datetime]:
-        return self.now - dt.timedelta(minutes=5), self.now + dt.timedelta(days=days)
-
     def ca(self, days: int) -> KeyPair:
         self.issued += 1
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"test CA {self.issued}")])
-        start, end = self._window(days)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(end)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .sign(key, hashes.SHA256())
-        )
-        return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _pem_key(key))
+        return generate_ca(f"test CA {self.issued}", days=days, now=self.now)
 
     def serving(self, signer: KeyPair, dns_names: list[str], days: int) -> KeyPair:
         self.issued += 1
-        ca_cert = x509.load_pem_x509_certificate(signer.cert_pem)
-        ca_key = serialization.load_pem_private_key(signer.key_pem, password=None)
-        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-        key = ec.generate_private_key(ec.SECP256R1())
-        start, end = self._window(days)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])]))
-            .issuer_name(ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(end)
-            .add_extension(
-                x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False
-            )
-            .sign(ca_key, hashes.SHA256())
-        )
-        return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _pem_key(key))
+        return generate_serving(signer, dns_names, days=days, now=self.now)
 
 
 def cert(pem: bytes) -> x509.Certificate:

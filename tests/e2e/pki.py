@@ -64,47 +64,6 @@ def client_certificate(
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
-def ca_with_validity(
-    common_name: str, not_before: datetime.datetime, not_after: datetime.datetime
-) -> tuple[bytes, bytes]:
-    """A CA made as `webhook.certs.generate_ca` makes them, but with a chosen lifetime, so a
-    test can hand the bootstrap a CA that is already most of the way through its life."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
-
-
 def write_service_account_keys(private_path: Path, public_path: Path) -> None:
     """The key pair kube-apiserver signs and verifies service-account tokens with (ES256)."""
     key = ec.generate_private_key(ec.SECP256R1())

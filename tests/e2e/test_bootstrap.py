@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 
 from webhook import certs_policy
-from webhook.certs import KeyPair, generate_serving, service_dns_names
+from webhook.certs import KeyPair, generate_ca, generate_serving, service_dns_names
 
 from .cluster import served_certificate
 from .kube import ApiError, Obj
-from .pki import ca_with_validity, certificates_in_bundle, serial_number, serial_number_der
+from .pki import certificates_in_bundle, serial_number, serial_number_der
 from .procs import wait_until
 from .server import RELEASE_NAMESPACE, WebhookServer
 from .session import E2E
@@ -111,9 +111,10 @@ def aged_secret(
 
 
 def aged_ca(name: str, lifetime: dt.timedelta, elapsed: float) -> KeyPair:
-    now = dt.datetime.now(dt.UTC)
-    start = now - lifetime * elapsed
-    return KeyPair(*ca_with_validity(name, start, start + lifetime))
+    """A CA issued `elapsed` of its `lifetime` ago (whole days)."""
+    assert lifetime == dt.timedelta(days=lifetime.days)
+    start = dt.datetime.now(dt.UTC) - lifetime * elapsed
+    return generate_ca(name, days=lifetime.days, now=start)
 
 
 def test_bootstrap_creates_patches_and_renews_with_overlap(
