@@ -149,6 +149,19 @@ def test_pod_create_is_to_be_mutated() -> None:
     assert request.operation == "CREATE"
 
 
+def test_without_resource_and_kind_the_object_says_what_it_is() -> None:
+    minimal = review()
+    del minimal["request"]["kind"], minimal["request"]["resource"]
+    assert parse(minimal).pod == pod()
+    minimal["request"]["object"] = {"apiVersion": "v1", "kind": "Service", "metadata": {}}
+    assert parse(minimal).pod is None
+
+
+def test_resource_decides_over_the_object() -> None:
+    secret = review(resource={"group": "", "version": "v1", "resource": "secrets"})
+    assert parse(secret).pod is None
+
+
 @pytest.mark.parametrize("operation", ["UPDATE", "DELETE", "CONNECT"])
 def test_other_operations_are_skipped(operation: str) -> None:
     request = parse(review(operation=operation, object=None if operation == "DELETE" else pod()))

@@ -57,12 +57,16 @@ def _is_pods_create(request: dict[str, Any]) -> bool:
             and resource.get("resource") == "pods"
         )
     kind = request.get("kind")
-    return (
-        isinstance(kind, dict)
-        and kind.get("group", "") == ""
-        and kind.get("version") == "v1"
-        and kind.get("kind") == "Pod"
-    )
+    if isinstance(kind, dict):
+        return (
+            kind.get("group", "") == ""
+            and kind.get("version") == "v1"
+            and kind.get("kind") == "Pod"
+        )
+    # The API server always sends `resource` and `kind`; a hand-written review may send
+    # neither, and then the object says what it is.
+    obj = request.get("object")
+    return isinstance(obj, dict) and obj.get("apiVersion") == "v1" and obj.get("kind") == "Pod"
 
 
 def parse_review(body: bytes) -> ReviewRequest:
@@ -139,6 +143,3 @@ def build_response(review: ReviewRequest, mutation: Mutation | None) -> dict[str
             response["warnings"] = [w.text for w in mutation.warnings]
     return {"apiVersion": review.api_version, "kind": KIND, "response": response}
 
-
-def encode_response(response: dict[str, Any]) -> bytes:
-    return orjson.dumps(response)
