@@ -516,29 +516,49 @@ def test_warnings_go_to_stderr_one_per_line(run: Any, tmp_path: Path) -> None:
     assert prestop(result.documents[0]) == {"sleep": {"seconds": 5}}
 
 
-def test_explain_goes_to_stderr_and_leaves_stdout_alone(run: Any, tmp_path: Path) -> None:
-    path = write(tmp_path, SERVICE + "---\n" + POD)
+def test_explain_comments_the_yaml_and_leaves_the_manifest_alone(run: Any, tmp_path: Path) -> None:
+    text = POD.replace(
+        "  namespace: shop\n",
+        "  namespace: shop\n  annotations:\n    lifecycle-webhook.io/sidecar: proxy\n",
+    )
+    path = write(tmp_path, SERVICE + "---\n" + text)
     plain = run("mutate", "-f", path)
     explained = run("mutate", "-f", path, "--explain")
     assert explained.code == 0
-    assert explained.out == plain.out
-    lines = explained.err.splitlines()
-    assert lines[0].startswith("cluster version 1.")
-    assert lines[0].endswith("(clusterVersion auto: the newest this tool knows)")
-    assert lines[1] == "Pod/web in namespace shop: mutated"
+    assert list(yaml.safe_load_all(explained.out)) == list(yaml.safe_load_all(plain.out))
+    assert explained.err == plain.err, "stderr keeps only the warnings"
+    assert explained.err.startswith("lifecycle-webhook: unknown annotation")
+    service, pod = explained.out.split("---\n")
+    comments = [line for line in pod.splitlines() if line.startswith("#")]
+    assert service.splitlines()[:2] == [
+        "# cluster version 1.37 (clusterVersion auto: the newest this tool knows)",
+        "# Service/web in namespace shop: no pod, passed through",
+    ]
+    assert comments[0] == "# Pod/web in namespace shop: mutated"
     assert any(
-        line.startswith("  setting prestop-seconds = ") and line.endswith(" (default)")
-        for line in lines
+        line.startswith("#   setting prestop-seconds = ") and line.endswith(" (default)")
+        for line in comments
     )
-    assert any(line.startswith("  grace period: required 30") for line in lines)
-    assert lines[-1] == "Service/web in namespace shop: no pod, passed through"
+    assert any(line.startswith("#   grace period: required 30") for line in comments)
+
+
+def test_explain_goes_to_stderr_with_json_and_patch_output(run: Any, tmp_path: Path) -> None:
+    path = write(tmp_path, POD)
+    for output in ("json", "patch"):
+        plain = run("mutate", "-f", path, "-o", output)
+        explained = run("mutate", "-f", path, "-o", output, "--explain")
+        assert explained.code == 0
+        assert explained.out == plain.out
+        lines = explained.err.splitlines()
+        assert lines[0].startswith("cluster version 1.")
+        assert lines[1] == "Pod/web in namespace shop: mutated"
 
 
 def test_explain_names_each_template(run: Any, tmp_path: Path) -> None:
-    err = run("mutate", "-f", write(tmp_path, DEPLOYMENT), "--explain", "--cluster-version", "1.31")
-    assert err.err.splitlines()[:2] == [
-        "cluster version 1.31 (--cluster-version)",
-        "Deployment/web in namespace shop (pod template): mutated",
+    out = run("mutate", "-f", write(tmp_path, DEPLOYMENT), "--explain", "--cluster-version", "1.31")
+    assert out.out.splitlines()[:2] == [
+        "# cluster version 1.31 (--cluster-version)",
+        "# Deployment/web in namespace shop (pod template): mutated",
     ]
 
 
@@ -557,6 +577,9 @@ def test_strict_denial_exits_1_with_nothing_on_stdout(run: Any, tmp_path: Path) 
     denial = result.err.splitlines()[-1]
     assert denial.startswith("lifecycle-webhook mutate: denied: Pod/typo in namespace shop: ")
     assert "prestop-secs" in denial
+    explained = run("mutate", "-f", write(tmp_path, text), "--config", config, "--explain")
+    assert (explained.code, explained.out) == (1, "")
+    assert "Pod/typo in namespace shop: denied" in explained.err.splitlines()
 
 
 # --- input from stdin, entry points, version ------------------------------------------

@@ -297,8 +297,10 @@ class PodReport:
 class MutatedManifests:
     documents: list[dict[str, Any]]
     reports: list[PodReport]
-    passed_through: list[str]
-    """Labels of the documents that hold no pod (for --explain)."""
+    explanations: list[list[str]]
+    """Per document, what --explain says about it: each pod's decisions, or that it had none."""
+    warnings: list[list[str]]
+    """Per document, its pods' warnings."""
 
     @property
     def denials(self) -> list[PodReport]:
@@ -311,17 +313,23 @@ def mutate_documents(documents: list[dict[str, Any]], options: MutateOptions) ->
     from webhook.manifests import describe, pod_sites
 
     reports: list[PodReport] = []
-    passed: list[str] = []
+    explanations: list[list[str]] = []
+    warnings: list[list[str]] = []
     for document in documents:
         sites = pod_sites(document)
-        if not sites:
-            passed.append(describe(document))
+        lines = [] if sites else [f"{describe(document)}: no pod, passed through"]
+        texts: list[str] = []
         for site in sites:
             mutation = mutate(site.pod, options.settings(site.namespace), explain=True)
             reports.append(PodReport(site.label, mutation))
+            lines.append(f"{site.label}: {mutation.outcome}")
+            lines.extend(f"  {line}" for line in mutation.explanation)
+            texts.extend(warning.text for warning in mutation.warnings)
             if mutation.outcome != "denied" and mutation.ops:
                 site.store(apply_patch(site.pod, mutation.ops))
-    return MutatedManifests(documents, reports, passed)
+        explanations.append(lines)
+        warnings.append(texts)
+    return MutatedManifests(documents, reports, explanations, warnings)
 
 
 def _read_input(filename: str, stdin: IO[str]) -> str:
@@ -362,10 +370,19 @@ def run_mutate(args: argparse.Namespace) -> int:
         _check_single_pod(documents, args.filename)
 
     result = mutate_documents(documents, options)
-    stderr = _stderr_lines(result, explain=args.explain)
-    if args.explain:
+    explanations = result.explanations
+    if args.explain and explanations:
         major, minor = options.cluster_version
-        stderr.insert(0, f"cluster version {major}.{minor} ({options.cluster_version_source})")
+        source = f"cluster version {major}.{minor} ({options.cluster_version_source})"
+        explanations[0].insert(0, source)
+    # The explanation travels with YAML output as comments, so stdout stays a manifest;
+    # JSON and patches cannot carry comments, and a denial writes no manifest: stderr then.
+    explain_in_output = args.explain and args.output == "yaml" and not result.denials
+    stderr = []
+    for block, document_warnings in zip(explanations, result.warnings, strict=True):
+        if args.explain and not explain_in_output:
+            stderr.extend(block)
+        stderr.extend(document_warnings)
     if result.denials:
         stderr.extend(
             f"{PROG} mutate: denied: {report.label}: {report.mutation.denial}"
@@ -381,7 +398,7 @@ def run_mutate(args: argparse.Namespace) -> int:
     elif args.output == "json":
         output = dump_json(result.documents)
     else:
-        output = dump_yaml(result.documents)
+        output = dump_yaml(result.documents, comments=explanations if explain_in_output else None)
     return _write_stdout(output)
 
 
@@ -397,19 +414,6 @@ def _check_single_pod(documents: list[dict[str, Any]], filename: str) -> None:
     raise UsageError(
         f"{PROG} mutate: error: -o patch needs exactly one v1 Pod; {_source(filename)} has {found}"
     )
-
-
-def _stderr_lines(result: MutatedManifests, explain: bool) -> list[str]:
-    """Per pod: its --explain block (if asked), then its warnings, one per line."""
-    lines: list[str] = []
-    for report in result.reports:
-        if explain:
-            lines.append(f"{report.label}: {report.mutation.outcome}")
-            lines.extend(f"  {line}" for line in report.mutation.explanation)
-        lines.extend(warning.text for warning in report.mutation.warnings)
-    if explain:
-        lines.extend(f"{label}: no pod, passed through" for label in result.passed_through)
-    return lines
 
 
 def _write_stdout(output: str) -> int:

@@ -479,8 +479,11 @@ _YAML_WIDTH = 1 << 30
 """Never fold long strings: a folded line would make goldens and diffs harder to read."""
 
 
-def dump_yaml(documents: list[Document]) -> str:
-    """A YAML stream, `---` between documents; empty when there are none."""
+def dump_yaml(documents: list[Document], comments: list[list[str]] | None = None) -> str:
+    """A YAML stream, `---` between documents; empty when there are none.
+
+    `comments`, one list of lines per document, are written as `#` lines before it.
+    """
     parts = [
         yaml.dump(
             document,
@@ -492,6 +495,11 @@ def dump_yaml(documents: list[Document]) -> str:
         )
         for document in documents
     ]
+    if comments is not None:
+        parts = [
+            "".join(f"# {line}\n" for line in lines) + part
+            for lines, part in zip(comments, parts, strict=True)
+        ]
     return "---\n".join(parts)
 
 
