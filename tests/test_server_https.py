@@ -893,6 +893,41 @@ def test_not_ready_until_the_cluster_version_is_resolved(
         assert unknown["assuming"] == "1.37"
 
 
+def test_a_failed_version_read_is_retried_until_the_cluster_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Assuming the newest version on an old cluster would make hooks it rejects: a version
+    read that fails at start is retried, and the version found then is used."""
+    from webhook import server as server_module
+    from webhook.app import ServerState
+    from webhook.core.model import Config
+    from webhook.logs import JsonLog
+    from webhook.metrics import Metrics
+    from webhook.namespaces import ApiError, StaticNamespaces
+
+    monkeypatch.setattr(server_module, "VERSION_RETRY_SECONDS", 0.05)
+    answers: list[Any] = [ApiError("down")] * 5 + [{"major": "1", "minor": "29"}]
+
+    class FlakyVersion:
+        url = "https://flaky"
+
+        def get(self, path: str, timeout: float) -> Any:
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    state = ServerState(Config(), StaticNamespaces({}), Metrics(), JsonLog("error"))
+    starter = server_module._resolve_cluster_version(state, FlakyVersion(), JsonLog("error"))  # type: ignore[arg-type]
+    starter()
+    deadline = time.monotonic() + 10
+    while state.cluster_version != (1, 29):
+        assert time.monotonic() < deadline, f"still {state.cluster_version}"
+        time.sleep(0.05)
+    assert state.version_resolved
+    assert answers == []
+
+
 def test_unreachable_cluster_is_logged_once_and_pods_are_served_without_warnings(
     tmp_path: Path, start: Callable[..., ServerProcess]
 ) -> None:

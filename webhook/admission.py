@@ -142,4 +142,3 @@ def build_response(review: ReviewRequest, mutation: Mutation | None) -> dict[str
         if mutation.warnings:
             response["warnings"] = [w.text for w in mutation.warnings]
     return {"apiVersion": review.api_version, "kind": KIND, "response": response}
-

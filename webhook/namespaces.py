@@ -23,6 +23,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -39,6 +40,15 @@ VERSION_TIMEOUT = 2.0
 LIST_TIMEOUT = 10.0
 WATCH_SECONDS = 290
 """Server-side watch length; the API server caps it anyway and we resume from resourceVersion."""
+WATCH_READ_TIMEOUT = 120.0
+"""A watch silent this long (no event, no bookmark) is re-opened from its resourceVersion, so a
+connection that died without closing leaves the cache stale for minutes, not forever."""
+LIVE_TTL = 10.0
+"""How long a live read answers for a namespace the watch has not delivered yet."""
+FAILED_TTL = 5.0
+"""How long a failed live read is remembered: one read per namespace during an outage."""
+QUICK_WATCH = 1.0
+"""A watch that ends this fast with no event is a server refusing politely: back off."""
 
 
 class Lookup(enum.Enum):
@@ -326,7 +336,14 @@ class _Expired(Exception):
 
 
 class KubeNamespaces:
-    """A list+watch cache of Namespace annotations, kept by a daemon thread."""
+    """A list+watch cache of Namespace annotations, kept by a daemon thread.
+
+    The watch cache is the only source of truth for namespaces it has seen. A namespace it
+    has not delivered yet (created a moment ago) is read live, at most one read per
+    namespace at a time; the answer is kept apart for a few seconds and never written into
+    the watch cache, so a slow read cannot overwrite newer watch data or revive a deleted
+    namespace.
+    """
 
     def __init__(
         self, api: ApiServer, log: JsonLog, lookup_timeout: float = LOOKUP_TIMEOUT
@@ -335,6 +352,11 @@ class KubeNamespaces:
         self.log = log
         self.lookup_timeout = lookup_timeout
         self._cache: dict[str, dict[str, str]] = {}
+        self._live: dict[str, tuple[float, dict[str, str] | None]] = {}
+        """Live-read answers (None: the read failed) and when they expire."""
+        self._reads: dict[str, threading.Event] = {}
+        """Live reads in progress, so concurrent misses for one namespace wait for one read."""
+        self._lock = threading.Lock()
         self._reached = False
         """Some call to the API server has succeeded."""
         self._unreachable = False
@@ -349,6 +371,9 @@ class KubeNamespaces:
         annotations = self._cache.get(name)
         if annotations is not None:
             return annotations
+        live = self._live.get(name)
+        if live is not None and live[0] > time.monotonic():
+            return live[1]
         if self._unreachable and not self._reached:
             return {}
         return NEEDS_LOOKUP
@@ -357,6 +382,28 @@ class KubeNamespaces:
         cached = self.peek(name)
         if cached is not Lookup.NEEDED:
             return cached
+        with self._lock:
+            running = self._reads.get(name)
+            if running is None:
+                self._reads[name] = threading.Event()
+        if running is not None:
+            running.wait(self.lookup_timeout * 4)
+            live = self._live.get(name)
+            return live[1] if live is not None else None
+        try:
+            result = self._read(name)
+            ttl = LIVE_TTL if result is not None else FAILED_TTL
+            with self._lock:
+                now = time.monotonic()
+                if len(self._live) > 1000:
+                    self._live = {k: v for k, v in self._live.items() if v[0] > now}
+                self._live[name] = (now + ttl, result)
+            return result
+        finally:
+            with self._lock:
+                self._reads.pop(name).set()
+
+    def _read(self, name: str) -> dict[str, str] | None:
         try:
             namespace = self.api.get(
                 f"/api/v1/namespaces/{urllib.parse.quote(name, safe='')}", self.lookup_timeout
@@ -364,9 +411,7 @@ class KubeNamespaces:
         except ApiError as exc:
             return {} if exc.status == 404 else None
         self._reached = True
-        annotations = _own_annotations(namespace)
-        self._cache[name] = annotations
-        return annotations
+        return _own_annotations(namespace)
 
     # --- the watch thread -------------------------------------------------------------
 
@@ -381,14 +426,20 @@ class KubeNamespaces:
                 failing = False
                 backoff = 0.5
                 while True:
-                    resource_version = self._watch(resource_version)
+                    started = time.monotonic()
+                    resource_version, events = self._watch(resource_version)
+                    if events == 0 and time.monotonic() - started < QUICK_WATCH:
+                        time.sleep(backoff * random.uniform(0.8, 1.2))  # noqa: S311
+                        backoff = min(backoff * 2, 30.0)
+                    elif events:
+                        backoff = 0.5
             except _Expired:
-                continue
+                time.sleep(random.uniform(0.1, 0.5))  # noqa: S311 - relist, without a stampede
             except Exception as exc:
                 if not failing:
                     self._report(exc)
                 failing = True
-                threading.Event().wait(backoff * random.uniform(0.8, 1.2))  # noqa: S311
+                time.sleep(backoff * random.uniform(0.8, 1.2))  # noqa: S311
                 backoff = min(backoff * 2, 30.0)
 
     def _report(self, exc: Exception) -> None:
@@ -430,8 +481,11 @@ class KubeNamespaces:
         self._reached = True
         return resource_version
 
-    def _watch(self, resource_version: str) -> str:
-        """One watch request, until the server ends it; returns the last resourceVersion seen."""
+    def _watch(self, resource_version: str) -> tuple[str, int]:
+        """One watch request, until the server ends it or it goes silent.
+
+        Returns the last resourceVersion seen and how many events (bookmarks included) came.
+        """
         query = urllib.parse.urlencode(
             {
                 "watch": "1",
@@ -440,23 +494,31 @@ class KubeNamespaces:
                 "timeoutSeconds": str(WATCH_SECONDS),
             }
         )
-        with self.api.lines("/api/v1/namespaces?" + query, WATCH_SECONDS + 40) as events:
-            for line in events:
-                event = orjson.loads(line)
-                kind, obj = event.get("type"), event.get("object")
-                if kind == "ERROR":
-                    code = obj.get("code") if isinstance(obj, dict) else None
-                    if code == 410:
-                        raise _Expired
-                    raise ApiError(f"watch error: {str(obj)[:300]}", code)
-                meta = obj.get("metadata") if isinstance(obj, dict) else None
-                if isinstance(meta, dict) and meta.get("resourceVersion"):
-                    resource_version = str(meta["resourceVersion"])
-                name = _name(obj)
-                if name is None or kind == "BOOKMARK":
-                    continue
-                if kind in ("ADDED", "MODIFIED"):
-                    self._cache[name] = _own_annotations(obj)
-                elif kind == "DELETED":
-                    self._cache.pop(name, None)
+        count = 0
+        with self.api.lines("/api/v1/namespaces?" + query, WATCH_READ_TIMEOUT) as events:
+            try:
+                for line in events:
+                    count += 1
+                    resource_version = self._apply(orjson.loads(line), resource_version)
+            except TimeoutError:
+                pass  # silent too long: the caller resumes from the last resourceVersion
+        return resource_version, count
+
+    def _apply(self, event: Any, resource_version: str) -> str:
+        kind, obj = event.get("type"), event.get("object")
+        if kind == "ERROR":
+            code = obj.get("code") if isinstance(obj, dict) else None
+            if code == 410:
+                raise _Expired
+            raise ApiError(f"watch error: {str(obj)[:300]}", code)
+        meta = obj.get("metadata") if isinstance(obj, dict) else None
+        if isinstance(meta, dict) and meta.get("resourceVersion"):
+            resource_version = str(meta["resourceVersion"])
+        name = _name(obj)
+        if name is None or kind == "BOOKMARK":
+            return resource_version
+        if kind in ("ADDED", "MODIFIED"):
+            self._cache[name] = _own_annotations(obj)
+        elif kind == "DELETED":
+            self._cache.pop(name, None)
         return resource_version

@@ -36,6 +36,8 @@ KEEP_ALIVE_SECONDS = 120
 GRACEFUL_SHUTDOWN_SECONDS = 10
 """After the drain, how long in-flight reviews may take before they are cancelled."""
 POLL_SECONDS = 2.0
+VERSION_ATTEMPTS_AT_START = 3
+VERSION_RETRY_SECONDS = 30.0
 PROG = "lifecycle-webhook serve"
 
 
@@ -333,18 +335,30 @@ def _resolve_cluster_version(
         return lambda: None
 
     def detect() -> None:
+        """A few quick tries before readiness; then, if need be, retries in the background.
+
+        Assuming the newest version on an old cluster makes sleep hooks the API server
+        rejects, so one failed read at start must not decide for the life of the process.
+        """
         from webhook.namespaces import detect_cluster_version
 
-        version = detect_cluster_version(api)
+        version = None
+        for attempt in range(VERSION_ATTEMPTS_AT_START):
+            version = detect_cluster_version(api)
+            if version is not None:
+                break
+            time.sleep(0.5 * (attempt + 1))
         if version is None:
-            assume_newest("the API server's /version could not be read")
-        else:
-            state.set_detected_version(version)
-            log.event(
-                "cluster version",
-                version=f"{version[0]}.{version[1]}",
-                using=".".join(map(str, state.cluster_version)),
-            )
+            assume_newest("the API server's /version could not be read; retrying")
+        while version is None:
+            time.sleep(VERSION_RETRY_SECONDS)
+            version = detect_cluster_version(api)
+        state.set_detected_version(version)
+        log.event(
+            "cluster version",
+            version=f"{version[0]}.{version[1]}",
+            using=".".join(map(str, state.cluster_version)),
+        )
 
     return threading.Thread(target=detect, name="cluster-version", daemon=True).start
 
