@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -761,3 +762,59 @@ def test_closed_stdout_exits_1_without_a_traceback() -> None:
     err = child.stderr.read()
     assert child.wait(timeout=60) == 1
     assert err == b""
+
+
+# --- hostile input ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "|\n      envoy,\n      istio-proxy\n",
+        '"app\\n---\\napiVersion: v1\\nkind: ConfigMap\\nmetadata:\\n  name: injected\\n---\\n#"\n',
+    ],
+    ids=["block-scalar", "document-injection"],
+)
+def test_explain_comments_cannot_break_or_extend_the_output(
+    run: Any, tmp_path: Path, value: str
+) -> None:
+    from webhook.manifests import load_documents
+
+    text = POD.replace(
+        "  namespace: shop\n",
+        f"  namespace: shop\n  annotations:\n    lifecycle-webhook.io/sidecars: {value}",
+    )
+    result = run("mutate", "-f", write(tmp_path, text), "--explain")
+    assert result.code == 0
+    documents = load_documents(result.out)
+    assert [d["kind"] for d in documents] == ["Pod"]
+
+
+def test_a_container_without_a_string_name_is_left_alone(run: Any, tmp_path: Path) -> None:
+    text = POD.replace("  - name: app\n", "  - name: [1]\n", 1)
+    result = run("mutate", "-f", write(tmp_path, text), "-o", "json")
+    assert result.code == 0, result.err
+    assert "lifecycle" not in json.loads(result.out)["spec"]["containers"][0]
+
+
+def test_a_lone_surrogate_is_read_as_go_reads_it(run: Any, tmp_path: Path) -> None:
+    document = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}
+    text = json.dumps(document)[:-1] + ', "data": {"k": "a\\ud800b"}}'
+    result = run("mutate", "-f", write(tmp_path, text, "in.json"), "-o", "json")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["data"]["k"] == "a\ufffdb"
+
+
+def test_a_yaml_alias_bomb_is_an_input_error(run: Any, tmp_path: Path) -> None:
+    lines = ['a: &a ["x","x","x","x","x","x","x","x","x","x"]']
+    for level in "bcdefghi":
+        previous = chr(ord(level) - 1)
+        lines.append(f"{level}: &{level} [{', '.join(['*' + previous] * 10)}]")
+    text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata:\n" + "\n".join(
+        "  " + line for line in lines
+    )
+    started = time.monotonic()
+    result = run("mutate", "-f", write(tmp_path, text))
+    assert (result.code, result.out) == (2, "")
+    assert "aliases" in result.err
+    assert time.monotonic() - started < 10

@@ -148,7 +148,6 @@ def _print_err(text: str) -> None:
 
 # --- mutate: options -------------------------------------------------------------------
 
-_CLUSTER_VERSION = re.compile(r"1\.(0|[1-9][0-9]{0,2})\Z", re.ASCII)
 _ANNOTATION_PREFIX = re.compile(
     r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z", re.ASCII
 )
@@ -156,11 +155,16 @@ _ANNOTATION_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?\Z", re.
 
 
 def cluster_version(text: str) -> tuple[int, int]:
-    """`1.NN`, as the `--cluster-version` flag takes it."""
-    match = _CLUSTER_VERSION.match(text)
-    if not match:
+    """`1.NN`, read as the config file's clusterVersion is (`auto` is the config's business)."""
+    from webhook.core.values import InvalidValue, parse_cluster_version
+
+    try:
+        version = parse_cluster_version(text)
+    except InvalidValue:
+        version = None
+    if version is None:
         raise argparse.ArgumentTypeError(f"want 1.NN, such as 1.30; got {text!r}")
-    return (1, int(match.group(1)))
+    return version
 
 
 def namespace_annotation(text: str) -> tuple[str, str]:
@@ -219,7 +223,8 @@ def add_mutate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--explain",
         action="store_true",
-        help="print each decision and where each setting came from on stderr",
+        help="print each decision and where each setting came from: as # comments before "
+        "each YAML document, or on stderr with -o json/patch",
     )
 
 
@@ -307,7 +312,9 @@ class MutatedManifests:
         return [report for report in self.reports if report.mutation.outcome == "denied"]
 
 
-def mutate_documents(documents: list[dict[str, Any]], options: MutateOptions) -> MutatedManifests:
+def mutate_documents(
+    documents: list[dict[str, Any]], options: MutateOptions, explain: bool = False
+) -> MutatedManifests:
     """Run the core on every pod in `documents`, writing the results back in place."""
     from webhook.core import apply_patch, mutate
     from webhook.manifests import describe, pod_sites
@@ -320,7 +327,7 @@ def mutate_documents(documents: list[dict[str, Any]], options: MutateOptions) ->
         lines = [] if sites else [f"{describe(document)}: no pod, passed through"]
         texts: list[str] = []
         for site in sites:
-            mutation = mutate(site.pod, options.settings(site.namespace), explain=True)
+            mutation = mutate(site.pod, options.settings(site.namespace), explain=explain)
             reports.append(PodReport(site.label, mutation))
             lines.append(f"{site.label}: {mutation.outcome}")
             lines.extend(f"  {line}" for line in mutation.explanation)
@@ -369,7 +376,7 @@ def run_mutate(args: argparse.Namespace) -> int:
     if args.output == "patch":
         _check_single_pod(documents, args.filename)
 
-    result = mutate_documents(documents, options)
+    result = mutate_documents(documents, options, explain=args.explain)
     explanations = result.explanations
     if args.explain and explanations:
         major, minor = options.cluster_version

@@ -35,6 +35,8 @@ from typing import Any, cast
 
 import yaml
 
+from webhook.core.messages import printable
+
 try:  # libyaml, when PyYAML was built with it: several times faster on big manifests
     from yaml import CSafeDumper as _DumperBase
     from yaml import CSafeLoader as _LoaderBase
@@ -179,21 +181,16 @@ def load_documents(text: str) -> list[Document]:
     for number, item in enumerate(raw, start=1):
         if item is None:
             continue
-        value = _json_value(item, f"document {number}")
+        try:
+            value = _json_value(item, f"document {number}", _Budget())
+        except RecursionError:
+            raise ManifestError(f"document {number} is nested too deeply") from None
         if not isinstance(value, dict):
             raise ManifestError(
                 f"document {number} is a {_type_name(value)}, not a Kubernetes object"
             )
         documents.append(value)
     return documents
-
-
-def load_mapping(text: str, source: str) -> dict[str, Any]:
-    """One mapping (a configuration file); an empty file is an empty mapping."""
-    documents = load_documents(text)
-    if len(documents) > 1:
-        raise ManifestError(f"{source}: expected one document, found {len(documents)}")
-    return documents[0] if documents else {}
 
 
 def _yaml_stream(text: str) -> Iterator[Any]:
@@ -229,17 +226,39 @@ def _reject_constant(name: str) -> Any:
     raise ManifestError(f"invalid JSON: {name} is not a JSON number")
 
 
-def _json_value(value: Any, where: str) -> Any:
+class _Budget:
+    """How many values one document may expand to: YAML aliases can make a few lines mean
+    billions of values ("billion laughs"), which go-yaml refuses too."""
+
+    LIMIT = 1_000_000
+
+    def __init__(self) -> None:
+        self.left = self.LIMIT
+
+    def spend(self, where: str) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise ManifestError(f"{where} expands to more than {self.LIMIT} values (YAML aliases?)")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _json_value(value: Any, where: str, budget: _Budget) -> Any:
     """The value kubectl would send: JSON types only, string keys, Go's number conversion."""
+    budget.spend(where)
     if isinstance(value, dict):
         result: dict[str, Any] = {}
         for key, item in value.items():
             name = _json_key(key, where)
-            result[name] = _json_value(item, where)
+            result[name] = _json_value(item, where, budget)
         return result
     if isinstance(value, list):
-        return [_json_value(item, where) for item in value]
-    if value is None or isinstance(value, (str, bool, int)):
+        return [_json_value(item, where, budget) for item in value]
+    if isinstance(value, str):
+        # A lone surrogate (JSON "\ud800") cannot be encoded; Go reads it as U+FFFD.
+        return _SURROGATE.sub("\ufffd", value) if _SURROGATE.search(value) else value
+    if value is None or isinstance(value, (bool, int)):
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -497,7 +516,7 @@ def dump_yaml(documents: list[Document], comments: list[list[str]] | None = None
     ]
     if comments is not None:
         parts = [
-            "".join(f"# {line}\n" for line in lines) + part
+            "".join(f"# {printable(line)}\n" for line in lines) + part
             for lines, part in zip(comments, parts, strict=True)
         ]
     return "---\n".join(parts)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import re
 import shutil
 import signal
 import sys
@@ -105,12 +104,17 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _parse_cluster_version(text: str | None) -> tuple[int, int] | None:
-    if text is None or text == "auto":
+    """The flag takes what the config file's clusterVersion takes; None is `auto`."""
+    from webhook.core.values import InvalidValue, parse_cluster_version
+
+    if text is None:
         return None
-    match = re.fullmatch(r"(1)\.(0|[1-9][0-9]{0,2})", text, re.ASCII)
-    if not match:
-        raise UsageError(f"--cluster-version: want 1.NN, such as 1.30, or auto; got {text!r}")
-    return int(match.group(1)), int(match.group(2))
+    try:
+        return parse_cluster_version(text)
+    except InvalidValue as invalid:
+        raise UsageError(
+            f"--cluster-version: {invalid.reason}, such as 1.30; got {text!r}"
+        ) from None
 
 
 def _check_arguments(args: argparse.Namespace) -> tuple[int, int] | None:

@@ -92,26 +92,32 @@ def test_every_output_validates_strictly(scenario):
     kubernetes_validate.validate(result, "1.34.0", strict=True)
 
 
+JUNK = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
 @given(
     st.dictionaries(st.text(max_size=40), st.text(max_size=40), max_size=6),
-    st.recursive(
-        st.none() | st.booleans() | st.integers() | st.text(max_size=5),
-        lambda inner: (
-            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
-        ),
-        max_leaves=10,
-    ),
+    JUNK,
+    st.one_of(st.just("a"), JUNK),
+    st.one_of(st.just(30), JUNK),
 )
-def test_arbitrary_annotations_and_shapes_never_crash(annotations, junk):
+def test_arbitrary_annotations_and_shapes_never_crash(annotations, junk, name, grace):
     pod = {
         "metadata": {"annotations": {P + k: v for k, v in annotations.items()}},
         "spec": {
-            "containers": [{"name": "a", "lifecycle": junk}],
+            "containers": [{"name": name, "lifecycle": junk}, {"name": "b"}],
             "initContainers": junk,
-            "terminationGracePeriodSeconds": 30,
+            "terminationGracePeriodSeconds": grace,
         },
     }
-    mutation = mutate(pod, Settings())
+    mutation = mutate(pod, Settings(), explain=True)
+    assert all(line.isascii() and line.isprintable() for line in mutation.explanation)
     jsonpatch.JsonPatch(mutation.ops).apply(pod)
     for item in mutation.warnings:
         assert len(item.text) <= 120 and item.text.isascii() and item.text.isprintable()

@@ -89,6 +89,7 @@ def test_port_rejects_bad_numbers_and_names(raw):
 
 def test_names_are_trimmed_deduplicated_and_non_empty():
     assert values.parse_names(" app , proxy,,app ,") == ("app", "proxy")
+    assert values.parse_names("envoy,\n  istio-proxy\n") == ("envoy", "istio-proxy")
     with pytest.raises(values.InvalidValue):
         values.parse_names(" , ,")
 

@@ -57,7 +57,7 @@ def mutate(pod: Pod, settings: Settings, *, explain: bool = False) -> Mutation:
 
     skip = _skip_reason(annotations, labels, namespace, settings)
     if skip:
-        return Mutation(ops=[], outcome="skipped", explanation=(f"skipped: {skip}",))
+        return Mutation(ops=[], outcome="skipped", explanation=(printable(f"skipped: {skip}"),))
 
     plan = _Plan(explain=explain)
     namespace_annotations = settings.namespace_annotations
@@ -82,7 +82,12 @@ def mutate(pod: Pod, settings: Settings, *, explain: bool = False) -> Mutation:
     spec = _mapping(pod.get("spec"))
     containers = _list(spec.get("containers"))
     init_containers = _list(spec.get("initContainers"))
-    regular = [(i, c) for i, c in enumerate(containers) if isinstance(c, dict)]
+    # A container without a string name cannot be valid; it is left alone (and not counted).
+    regular = [
+        (i, c)
+        for i, c in enumerate(containers)
+        if isinstance(c, dict) and isinstance(c.get("name"), str)
+    ]
     regular_names = [c.get("name") for _, c in regular]
     init_names = [c.get("name") if isinstance(c, dict) else None for c in init_containers]
 
@@ -99,7 +104,9 @@ def mutate(pod: Pod, settings: Settings, *, explain: bool = False) -> Mutation:
             outcome="denied",
             warnings=tuple(problems),
             denial=denial,
-            explanation=(*plan.explanation, "denied: strict mode"),
+            explanation=tuple(
+                printable(line) for line in (*plan.explanation, "denied: strict mode")
+            ),
         )
     plan.warnings[:0] = problems
 
@@ -120,7 +127,7 @@ def mutate(pod: Pod, settings: Settings, *, explain: bool = False) -> Mutation:
         outcome="mutated" if ops else "unchanged",
         warnings=tuple(_unique(plan.warnings)),
         features=features,
-        explanation=tuple(plan.explanation),
+        explanation=tuple(printable(line) for line in plan.explanation),
     )
 
 

@@ -121,12 +121,13 @@ def parse_port(raw: Any, _max_seconds: int = 0) -> int | str:
 
 
 def parse_names(raw: Any, _max_seconds: int = 0) -> tuple[str, ...]:
-    """A comma list: items trimmed of spaces, empty items and repeats dropped, at least one."""
+    """A comma list: items trimmed of white space (a YAML block scalar brings newlines), empty
+    items and repeats dropped, at least one."""
     if not isinstance(raw, str):
         raise InvalidValue("want a comma list of names")
     names: list[str] = []
     for item in raw.split(","):
-        name = item.strip(" ")
+        name = item.strip()
         if name and name not in names:
             names.append(name)
     if not names:
@@ -137,7 +138,7 @@ def parse_names(raw: Any, _max_seconds: int = 0) -> tuple[str, ...]:
 def parse_init_order(raw: Any, _max_seconds: int = 0) -> tuple[str, ...]:
     """Like `parse_names`, with at most one `*` and at least one real name."""
     names = parse_names(raw)
-    stars = sum(1 for item in raw.split(",") if item.strip(" ") == "*")
+    stars = sum(1 for item in raw.split(",") if item.strip() == "*")
     if stars > 1:
         raise InvalidValue("want at most one *")
     if all(name == "*" for name in names):
