@@ -40,4 +40,8 @@ USER 65532:65532
 WORKDIR /
 # 8443: admission (HTTPS); 9090: /metrics (HTTP).
 EXPOSE 8443 9090
-ENTRYPOINT ["lifecycle-webhook", "serve"]
+# `docker run IMAGE` serves; any other command is a subcommand of the CLI, e.g.
+# `docker run -i IMAGE mutate -f - < pod.yaml` or `docker run IMAGE serve --port 9443`.
+# The chart sets the full command of each container and does not rely on CMD.
+ENTRYPOINT ["lifecycle-webhook"]
+CMD ["serve"]

@@ -4,7 +4,9 @@ in caBundle, for the chart's `certs.source: self`.
 The I/O around `webhook.certs_policy`, which decides everything. Several replicas run this at
 once; the Secret's resourceVersion makes exactly one of them the writer of each change (create
 fails with 409 for all but one, replace fails with 409 on a stale read), and the others re-read
-and find nothing left to do.
+and find nothing left to do. Each pass reads the webhook configuration before the Secret and
+patches caBundle only if the configuration is still at that resourceVersion, so a replica
+never publishes a bundle older than one another replica published meanwhile.
 
 One-shot (init container): make the Secret fresh, write the files, patch caBundle, exit.
 `--watch` (sidecar): the same every `--interval` seconds, and every few seconds while the
@@ -21,7 +23,7 @@ import re
 import signal
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -236,8 +238,12 @@ def sync_secret(
     issuer: policy_module.Issuer,
     log: JsonLog,
     clock: Callable[[], dt.datetime],
+    published: Sequence[bytes] = (),
 ) -> CertState:
-    """The Secret's state after making it fresh (written by us or by a faster replica)."""
+    """The Secret's state after making it fresh (written by us or by a faster replica).
+
+    `published`: the caBundle values the webhook configuration holds now; a CA created anew
+    keeps trusting the CAs among them until they expire."""
     for _ in range(WRITE_ATTEMPTS):
         now = clock()
         existing = cluster.read_secret(target.secret, target.namespace)
@@ -248,7 +254,7 @@ def sync_secret(
             )
         state = policy_module.state_from_secret_data(existing.get("data") if existing else None)
         new_state, decision = policy_module.reconcile(
-            state, now, target.policy, target.dns_names, issuer
+            state, now, target.policy, target.dns_names, issuer, published
         )
         adopt = existing is not None and not policy_module.owner_is_current(existing, owner)
         if new_state is None and not adopt:
@@ -277,23 +283,6 @@ def sync_secret(
     raise BootstrapError(f"Secret {target.namespace}/{target.secret} kept changing under us")
 
 
-def sync_webhook_config(
-    cluster: Cluster, name: str, bundle: bytes, log: JsonLog
-) -> dict[str, Any] | None:
-    """Make every webhook's caBundle `bundle`; the configuration, or None when it is missing."""
-    for _ in range(WRITE_ATTEMPTS):
-        configuration = cluster.read_webhook_config(name)
-        if configuration is None:
-            return None
-        ops = policy_module.ca_bundle_patch(configuration, bundle)
-        if not ops:
-            return configuration
-        if cluster.patch_webhook_config(name, ops):
-            log.event("caBundle patched", webhook_config=name, webhooks=len(ops) // 2)
-            return configuration
-    raise BootstrapError(f"MutatingWebhookConfiguration {name} kept changing under us")
-
-
 def reconcile_once(
     cluster: Cluster,
     target: Target,
@@ -301,29 +290,45 @@ def reconcile_once(
     log: JsonLog,
     clock: Callable[[], dt.datetime],
 ) -> bool:
-    """One full pass; True when everything is current (False: look again soon)."""
-    owner = None
-    configuration = None
-    if target.webhook_config:
-        configuration = cluster.read_webhook_config(target.webhook_config)
-        if configuration is not None:
-            owner = policy_module.owner_reference(configuration)
-    state = sync_secret(cluster, target, owner, issuer, log, clock)
-    if target.out is not None and write_files(target.out, files_for(state)):
-        log.event("certificate files written", out=str(target.out))
-    if not target.webhook_config:
-        return True
-    if configuration is None:
+    """One full pass; True when everything is current (False: look again soon).
+
+    The configuration is read before the Secret, and the caBundle patch `test`s that read's
+    resourceVersion: when another replica changed the configuration since (and so maybe the
+    Secret before it), the patch fails and both are read again."""
+    name = target.webhook_config
+    for _ in range(WRITE_ATTEMPTS):
+        configuration = cluster.read_webhook_config(name) if name else None
+        owner = policy_module.owner_reference(configuration) if configuration else None
+        published = policy_module.published_bundles(configuration)
+        state = sync_secret(cluster, target, owner, issuer, log, clock, published)
+        if target.out is not None and write_files(target.out, files_for(state)):
+            log.event("certificate files written", out=str(target.out))
+        if not name:
+            return True
+        if configuration is None:
+            log.event(
+                "webhook configuration not found yet; caBundle not patched",
+                level="warning",
+                webhook_config=name,
+            )
+            return False
+        ops = policy_module.ca_bundle_patch(configuration, policy_module.bundle_pem(state))
+        if not ops:
+            return True
+        if cluster.patch_webhook_config(name, ops):
+            changed = sum(1 for op in ops if op["op"] == "add")
+            log.event("caBundle patched", webhook_config=name, webhooks=changed)
+            return True
         log.event(
-            "webhook configuration not found yet; caBundle not patched",
-            level="warning",
-            webhook_config=target.webhook_config,
+            "webhook configuration changed meanwhile; reading it and the Secret again",
+            level="debug",
         )
-        return False
-    patched = sync_webhook_config(
-        cluster, target.webhook_config, policy_module.bundle_pem(state), log
+    log.event(
+        "webhook configuration kept changing; caBundle not patched in this pass",
+        level="warning",
+        webhook_config=name,
     )
-    return patched is not None
+    return False
 
 
 # --- command line ------------------------------------------------------------------------

@@ -9,6 +9,15 @@ trust yet: at 2/3 of the signing CA's life a next CA is *published* (added to th
 signing); from 5/6 of the life, and once the next CA has been published for `min_publish`, it
 is *promoted* and signs a new serving certificate. The old CA stays in the bundle until it
 expires, which is after every serving certificate it signed (`ca_days >= 6 * leaf_days`).
+
+When the signing CA has to be created anew (the Secret was deleted or holds nothing usable),
+the CAs still published in the webhook configuration's caBundle stay in the new bundle until
+they expire: replicas serving a certificate from the old CA stay trusted until they pick up
+the new files.
+
+Whatever the Secret or the configuration holds is untrusted input: a certificate or key that
+cannot be read (garbage, an unsupported curve, extensions that do not parse) counts as
+unusable and is replaced, never an exception.
 """
 
 from __future__ import annotations
@@ -16,15 +25,15 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from webhook.certs import KeyPair
+from webhook.certs import CLOCK_SKEW, KeyPair
 
 RENEW_AT = 2 / 3
 """Fraction of a certificate's life after which it is replaced (serving) or succeeded (CA)."""
@@ -56,7 +65,8 @@ class Policy:
     ca_days: int = 730
     leaf_days: int = 30
     min_publish: dt.timedelta = dt.timedelta(hours=1)
-    """How long a next CA sits in the bundle before it may sign (caBundle propagation)."""
+    """How long a next CA sits in the bundle before it may sign (caBundle propagation),
+    counted from when it was issued (its notBefore is backdated by `CLOCK_SKEW`)."""
 
     def __post_init__(self) -> None:
         if self.leaf_days < 1:
@@ -113,12 +123,37 @@ class Issuer(Protocol):
 
 # --- reading certificates ----------------------------------------------------------------
 
+UNREADABLE = (
+    ValueError,
+    TypeError,
+    UnsupportedAlgorithm,
+    InvalidSignature,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+)
+"""What cryptography raises for a certificate or key it cannot read or use: malformed data,
+an unsupported algorithm or curve (public keys and extensions are parsed lazily, on use)."""
+
 
 def _cert(pem: bytes) -> x509.Certificate | None:
     try:
         return x509.load_pem_x509_certificate(pem)
-    except ValueError:
+    except UNREADABLE:
         return None
+
+
+def _trustable(pem: bytes) -> x509.Certificate | None:
+    """The certificate, when a client could use it as a trust anchor: readable, with a public
+    key and extensions that parse (both are parsed lazily, so a load alone proves neither)."""
+    cert = _cert(pem)
+    if cert is None:
+        return None
+    try:
+        cert.public_key()
+        _ = cert.extensions
+    except UNREADABLE:
+        return None
+    return cert
 
 
 def _public_der(public_key: Any) -> bytes:
@@ -132,9 +167,9 @@ def _public_der(public_key: Any) -> bytes:
 def _key_matches(pair: KeyPair, cert: x509.Certificate) -> bool:
     try:
         key = serialization.load_pem_private_key(pair.key_pem, password=None)
-    except (ValueError, TypeError):
+        return _public_der(key.public_key()) == _public_der(cert.public_key())
+    except UNREADABLE:
         return False
-    return _public_der(key.public_key()) == _public_der(cert.public_key())
 
 
 def _valid_at(cert: x509.Certificate, now: dt.datetime) -> bool:
@@ -147,17 +182,21 @@ def _passed(cert: x509.Certificate, fraction: float, now: dt.datetime) -> bool:
     return now >= start + (end - start) * fraction
 
 
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except (x509.ExtensionNotFound, *UNREADABLE):
+        return False
+    return constraints.ca
+
+
 def _usable_ca(pair: KeyPair | None, now: dt.datetime) -> x509.Certificate | None:
     if pair is None:
         return None
     cert = _cert(pair.cert_pem)
     if cert is None or not _valid_at(cert, now) or not _key_matches(pair, cert):
         return None
-    try:
-        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        return None
-    return cert if constraints.ca else None
+    return cert if _is_ca(cert) else None
 
 
 def dns_names_of(cert: x509.Certificate) -> frozenset[str]:
@@ -171,12 +210,38 @@ def dns_names_of(cert: x509.Certificate) -> frozenset[str]:
 def issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     try:
         cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
+    except UNREADABLE:
         return False
     return True
 
 
+def published_cas(bundles: Sequence[bytes], now: dt.datetime) -> tuple[bytes, ...]:
+    """The CA certificates of these PEM bundles (caBundle values) that are readable and not
+    expired, each once, in order."""
+    found: list[bytes] = []
+    for bundle in bundles:
+        for pem in split_pem_bundle(bundle):
+            cert = _trustable(pem)
+            if (
+                pem not in found
+                and cert is not None
+                and now < cert.not_valid_after_utc
+                and _is_ca(cert)
+            ):
+                found.append(pem)
+    return tuple(found)
+
+
 def _serving_problem(
+    pair: KeyPair, signer: x509.Certificate, dns_names: Sequence[str], now: dt.datetime
+) -> str | None:
+    try:
+        return _serving_check(pair, signer, dns_names, now)
+    except UNREADABLE:
+        return "serving certificate unreadable (unsupported key or extension)"
+
+
+def _serving_check(
     pair: KeyPair, signer: x509.Certificate, dns_names: Sequence[str], now: dt.datetime
 ) -> str | None:
     cert = _cert(pair.cert_pem)
@@ -199,12 +264,27 @@ def _serving_problem(
 
 
 def decide(
-    state: CertState | None, now: dt.datetime, policy: Policy, dns_names: Sequence[str]
+    state: CertState | None,
+    now: dt.datetime,
+    policy: Policy,
+    dns_names: Sequence[str],
+    published: Sequence[bytes] = (),
 ) -> Decision:
-    """What must change so the Secret holds a fresh pair and a bundle that trusts it."""
-    if state is None:
-        return Decision(signer="create", renew_serving=True, reasons=("no certificates yet",))
+    """What must change so the Secret holds a fresh pair and a bundle that trusts it.
+
+    `published`: what the webhook configuration trusts now, as PEM bundles (its decoded
+    caBundle values; see `published_bundles`). When a new signing CA is created, the new
+    bundle keeps the readable, unexpired CAs among them, so serving certificates they signed
+    stay trusted until they expire (expiry pruning drops them then)."""
     reasons: list[str] = []
+    if state is None:
+        still = _still_published(published, (), now)
+        reasons.append("no certificates yet")
+        if still:
+            reasons.append(f"keeping {len(still)} CA(s) still in caBundle until they expire")
+        return Decision(
+            signer="create", renew_serving=True, add_to_bundle=still, reasons=tuple(reasons)
+        )
     signer = _usable_ca(state.signer, now)
     next_ca = _usable_ca(state.next_signer, now)
     signer_action: Literal["keep", "create", "promote"] = "keep"
@@ -228,7 +308,7 @@ def decide(
         if (
             next_ca is not None
             and _passed(signer, PROMOTE_AT, now)
-            and now >= next_ca.not_valid_before_utc + policy.min_publish
+            and now >= next_ca.not_valid_before_utc + CLOCK_SKEW + policy.min_publish
         ):
             signer_action = "promote"
             renew_serving = True
@@ -244,7 +324,7 @@ def decide(
         keep.add(state.next_signer.cert_pem)
     prune: list[bytes] = []
     for pem in state.bundle:
-        cert = _cert(pem)
+        cert = _trustable(pem)
         if pem not in keep and (cert is None or now >= cert.not_valid_after_utc):
             prune.append(pem)
     if prune:
@@ -252,6 +332,14 @@ def decide(
     missing = tuple(pem for pem in sorted(keep) if pem not in state.bundle)
     if missing:
         reasons.append("bundle lacked a CA in use")
+    if signer_action == "create":
+        still = _still_published(published, set(state.bundle) - set(prune), now)
+        if still:
+            missing += still
+            reasons.append(
+                f"keeping {len(still)} CA(s) still in caBundle until they expire"
+                " (replicas may still serve certificates they signed)"
+            )
     return Decision(
         signer=signer_action,
         publish_next=publish_next,
@@ -261,6 +349,13 @@ def decide(
         add_to_bundle=missing,
         reasons=tuple(reasons),
     )
+
+
+def _still_published(
+    published: Sequence[bytes], bundle: Collection[bytes], now: dt.datetime
+) -> tuple[bytes, ...]:
+    """The published CAs a bundle lacks that still vouch for someone: readable, unexpired."""
+    return tuple(pem for pem in published_cas(published, now) if pem not in bundle)
 
 
 def serving_days(signer: KeyPair, now: dt.datetime, policy: Policy) -> int:
@@ -284,7 +379,8 @@ def apply(
     if state is None:
         signer = issuer.ca(policy.ca_days)
         serving = issuer.serving(signer, list(dns_names), serving_days(signer, now, policy))
-        return CertState(signer=signer, serving=serving, bundle=(signer.cert_pem,))
+        trusted = (*decision.add_to_bundle, signer.cert_pem)
+        return CertState(signer=signer, serving=serving, bundle=trusted)
     bundle = [pem for pem in state.bundle if pem not in decision.prune]
     bundle += [pem for pem in decision.add_to_bundle if pem not in bundle]
     signer, next_signer = state.signer, state.next_signer
@@ -312,9 +408,11 @@ def reconcile(
     policy: Policy,
     dns_names: Sequence[str],
     issuer: Issuer,
+    published: Sequence[bytes] = (),
 ) -> tuple[CertState | None, Decision]:
-    """(new state, decision); the state is None when nothing changes."""
-    decision = decide(state, now, policy, dns_names)
+    """(new state, decision); the state is None when nothing changes. `published` as in
+    `decide`."""
+    decision = decide(state, now, policy, dns_names, published)
     if not decision.changes:
         return None, decision
     return apply(state, decision, now, policy, dns_names, issuer), decision
@@ -432,11 +530,30 @@ def secret_manifest(
     }
 
 
+def published_bundles(configuration: Mapping[str, Any] | None) -> tuple[bytes, ...]:
+    """Each distinct caBundle of the configuration's webhooks, decoded (bad base64 skipped)."""
+    found: list[bytes] = []
+    for hook in (configuration or {}).get("webhooks") or []:
+        value = ((hook or {}).get("clientConfig") or {}).get("caBundle")
+        if not isinstance(value, str) or not value:
+            continue
+        try:
+            bundle = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        if bundle not in found:
+            found.append(bundle)
+    return tuple(found)
+
+
 def ca_bundle_patch(configuration: Mapping[str, Any], bundle: bytes) -> list[dict[str, Any]]:
     """JSON patch setting caBundle on every webhook that lacks this bundle; [] when none.
 
-    Each change is guarded by a `test` of the webhook's name, so a configuration edited
-    between our read and our patch fails the patch (422) instead of patching the wrong entry.
+    The patch first `test`s the configuration's resourceVersion: it applies only to exactly
+    the configuration that was read, which the caller read *before* the Secret. A replica
+    whose read is older than another replica's patch (and so maybe its Secret too) gets 422
+    and reads both again, instead of putting an older bundle back. Each change is also
+    guarded by a `test` of the webhook's name.
     """
     wanted = base64.b64encode(bundle).decode("ascii")
     ops: list[dict[str, Any]] = []
@@ -447,4 +564,7 @@ def ca_bundle_patch(configuration: Mapping[str, Any], bundle: bytes) -> list[dic
         ops.append(
             {"op": "add", "path": f"/webhooks/{index}/clientConfig/caBundle", "value": wanted}
         )
+    version = (configuration.get("metadata") or {}).get("resourceVersion")
+    if ops and version:
+        ops.insert(0, {"op": "test", "path": "/metadata/resourceVersion", "value": version})
     return ops

@@ -177,6 +177,9 @@ def test_a_promotion_waits_for_the_next_ca_to_have_been_published_a_while() -> N
     assert decision.publish_next and decision.signer == "keep"
     state, decision = step(state, late + dt.timedelta(minutes=30), issuer)
     assert decision.signer == "keep"
+    # a full hour, although notBefore is backdated by CLOCK_SKEW (5 minutes)
+    state, decision = step(state, late + dt.timedelta(minutes=59), issuer)
+    assert decision.signer == "keep"
     state, decision = step(state, late + dt.timedelta(hours=1), issuer)
     assert decision.signer == "promote"
 
@@ -353,7 +356,7 @@ def configuration(ca_bundles: list[str | None]) -> dict[str, Any]:
         if bundle is not None:
             client["caBundle"] = bundle
         webhooks.append({"name": f"w{index}.pods.lifecycle-webhook.io", "clientConfig": client})
-    return {"metadata": {"name": "c", "uid": "u"}, "webhooks": webhooks}
+    return {"metadata": {"name": "c", "uid": "u", "resourceVersion": "41"}, "webhooks": webhooks}
 
 
 def test_ca_bundle_patch_sets_every_webhook_and_is_empty_when_current() -> None:
@@ -363,6 +366,7 @@ def test_ca_bundle_patch_sets_every_webhook_and_is_empty_when_current() -> None:
     config = configuration([None, "b2xk"])
     ops = cp.ca_bundle_patch(config, bundle)
     assert ops == [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": "41"},
         {"op": "test", "path": "/webhooks/0/name", "value": "w0.pods.lifecycle-webhook.io"},
         {"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": wanted},
         {"op": "test", "path": "/webhooks/1/name", "value": "w1.pods.lifecycle-webhook.io"},
@@ -377,6 +381,7 @@ def test_ca_bundle_patch_sets_every_webhook_and_is_empty_when_current() -> None:
     assert cp.ca_bundle_patch(patched, bundle) == []
     half = configuration([wanted, None])
     assert [op["path"] for op in cp.ca_bundle_patch(half, bundle)] == [
+        "/metadata/resourceVersion",
         "/webhooks/1/name",
         "/webhooks/1/clientConfig/caBundle",
     ]
@@ -389,6 +394,20 @@ def test_ca_bundle_patch_fails_on_a_configuration_changed_meanwhile() -> None:
     reordered["webhooks"].reverse()
     with pytest.raises(jsonpatch.JsonPatchTestFailed):
         jsonpatch.apply_patch(reordered, ops)
+
+
+def test_ca_bundle_patch_applies_only_to_the_configuration_that_was_read() -> None:
+    """Any write since the read (another replica's caBundle patch, say) changes the
+    resourceVersion: the patch must fail rather than put this replica's bundle back."""
+    state, _ = fresh()
+    read = configuration([None, None])
+    ops = cp.ca_bundle_patch(read, cp.bundle_pem(state))
+    assert ops[0] == {"op": "test", "path": "/metadata/resourceVersion", "value": "41"}
+    jsonpatch.apply_patch(read, ops)  # unchanged since the read: applies
+    newer = configuration(["bmV3ZXI=", "bmV3ZXI="])  # same names, patched meanwhile
+    newer["metadata"]["resourceVersion"] = "42"
+    with pytest.raises(jsonpatch.JsonPatchTestFailed):
+        jsonpatch.apply_patch(newer, ops)
 
 
 def test_bundle_pem_splits_back_into_its_certificates() -> None:

@@ -284,20 +284,43 @@ def test_selectors_call_exactly_the_pods_spec_section_2_names(render: Render, mo
         assert bool(names) == expected, (mode, namespace, ns_label, pod_label, names)
 
 
-def test_extra_excluded_namespaces_are_excluded_everywhere(render: Render) -> None:
-    excluded = ["kube-system", "istio-system"]
-    documents = render({"mode": "cluster", "excludedNamespaces": excluded})
+def excluded_by_name(hook: Obj) -> Obj:
+    (by_name,) = [
+        e for e in hook["namespaceSelector"]["matchExpressions"] if e["key"] != INJECT_KEY
+    ]
+    assert by_name["key"] == "kubernetes.io/metadata.name" and by_name["operator"] == "NotIn"
+    return dict(by_name)
+
+
+def test_extra_excluded_namespaces_are_added_to_the_fixed_ones(render: Render) -> None:
+    """The value lists namespaces *in addition to* the system ones and the release namespace;
+    naming one of those again does not repeat it."""
+    documents = render({"mode": "cluster", "excludedNamespaces": ["kube-system", "istio-system"]})
+    expected = [*DEFAULT_EXCLUDED_NAMESPACES, "istio-system", NAMESPACE]
     for hook in hooks(documents):
-        (by_name,) = [
-            e for e in hook["namespaceSelector"]["matchExpressions"] if e["key"] != INJECT_KEY
-        ]
-        assert by_name == {
-            "key": "kubernetes.io/metadata.name",
-            "operator": "NotIn",
-            "values": [*excluded, NAMESPACE],
-        }
+        assert excluded_by_name(hook)["values"] == expected
     config = yaml.safe_load(only(documents, "ConfigMap")["data"]["config.yaml"])
-    assert config["excludedNamespaces"] == [*excluded, NAMESPACE]
+    assert config["excludedNamespaces"] == expected
+
+
+@pytest.mark.parametrize("extra", [[], ["foo"], [NAMESPACE, "foo"]])
+@pytest.mark.parametrize("mode", MODES)
+def test_system_and_release_namespaces_are_always_excluded(
+    render: Render, mode: str, extra: list[str]
+) -> None:
+    """Helm replaces a list value as a whole: overriding excludedNamespaces must not drop
+    kube-system & co. (or the release namespace) from the selectors or the config file."""
+    always = {*DEFAULT_EXCLUDED_NAMESPACES, NAMESPACE}
+    documents = render({"mode": mode, "excludedNamespaces": extra})
+    config = yaml.safe_load(only(documents, "ConfigMap")["data"]["config.yaml"])
+    lists = [excluded_by_name(hook)["values"] for hook in hooks(documents)]
+    lists.append(config["excludedNamespaces"])
+    for names in lists:
+        assert set(names) == always | set(extra), names
+        assert len(names) == len(set(names)), names  # uniq
+    for hook in hooks(documents):
+        for namespace in always:
+            assert called([hook], namespace, "enabled", "true") == []
 
 
 def test_release_namespace_is_excluded_in_any_namespace(render: Render) -> None:
@@ -587,6 +610,14 @@ def test_provided_secret_and_ca_bundle(render: Render, encoding: str) -> None:
         ({"image.digest": "sha256:short"}, "/image/digest"),
         ({"certs.self.leafDays": 200}, "caDays"),
         ({"lifecycle.terminationGracePeriodSeconds": 9}, "terminationGracePeriodSeconds"),
+        ({"metrics.port": 8443}, "server.port and metrics.port must differ"),
+        ({"server.port": 9090}, "server.port and metrics.port must differ"),
+        ({"image.tag": 1.5}, "/image/tag"),
+        ({"image.tag": -1}, "/image/tag"),
+        (values_for("provided", **{"certs.provided.caBundle": " \n "}), "caBundle"),
+        # white space to Go's TrimSpace, not to the schema's \S: the template catches it
+        (values_for("provided", **{"certs.provided.caBundle": "\u00a0\n"}), "caBundle is empty"),
+        ({"excludedNamespaces": ["kube-system", "kube-system"]}, "/excludedNamespaces"),
     ],
 )
 def test_bad_values_fail_the_render(
@@ -606,7 +637,7 @@ def test_defaults_are_what_the_spec_says(render: Render) -> None:
     assert values["timeoutSeconds"] == 2
     assert values["replicaCount"] == 2
     assert values["certs"]["source"] == "self"
-    assert values["excludedNamespaces"] == list(DEFAULT_EXCLUDED_NAMESPACES)
+    assert values["excludedNamespaces"] == []  # in addition to the fixed ones
     assert values["metrics"]["serviceMonitor"]["enabled"] is False
     assert values["networkPolicy"]["enabled"] is False
     assert len(hooks(render())) == 2

@@ -360,3 +360,26 @@ def test_image_defaults_to_app_version_and_accepts_a_digest(render: Render) -> N
     assert {c["image"] for c in all_containers(template["spec"])} == {
         f"registry.example/lw@{digest}"
     }
+
+
+APP_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+
+
+@pytest.mark.parametrize(
+    ("tag", "expected"),
+    [
+        (20240101123, "20240101123"),
+        (7, "7"),
+        (0, "0"),
+        ("1.10", "1.10"),
+        ("", APP_VERSION),
+        (None, APP_VERSION),
+    ],
+)
+def test_image_tag_may_be_a_whole_number(render: Render, tag: object, expected: str) -> None:
+    """`tag: 20240101123` in a values file is a number to Helm; it is used as written (not as
+    2.0240101123e+10). Empty or null means the chart's appVersion."""
+    template = pod_template(render, {"image.tag": tag})
+    assert {c["image"] for c in all_containers(template["spec"])} == {
+        f"lifecycle-webhook:{expected}"
+    }

@@ -110,9 +110,27 @@ def test_image_is_multi_stage_pinned_slim_and_non_root() -> None:
     assert uid.isdigit() and int(uid) == UNPRIVILEGED and gid == uid
     env = " ".join(a for w, a in final if w == "ENV")
     assert "PYTHONDONTWRITEBYTECODE=1" in env and "TMPDIR=/tmp" in env
-    (entrypoint,) = [a for w, a in final if w == "ENTRYPOINT"]
-    assert json.loads(entrypoint) == ["lifecycle-webhook", "serve"]
+    assert run_argv([]) == ["lifecycle-webhook", "serve"]  # `docker run IMAGE` serves
     assert [a for w, a in final if w == "EXPOSE"] == ["8443 9090"]
+
+
+def run_argv(arguments: list[str]) -> list[str]:
+    """What `docker run IMAGE ARGUMENTS...` executes: ENTRYPOINT (exec form) followed by the
+    arguments, or by CMD when there are none."""
+    final = stages(DOCKERFILE.read_text())[-1]
+    (entrypoint,) = [json.loads(a) for w, a in final if w == "ENTRYPOINT"]
+    commands = [json.loads(a) for w, a in final if w == "CMD"]
+    assert len(commands) <= 1
+    assert isinstance(entrypoint, list) and all(isinstance(a, str) for a in entrypoint)
+    return [*entrypoint, *(arguments or (commands[0] if commands else []))]
+
+
+def test_any_subcommand_runs_through_the_entrypoint() -> None:
+    """ENTRYPOINT is the CLI and CMD its default subcommand, so `docker run IMAGE mutate -f -`
+    runs `lifecycle-webhook mutate -f -` (not `lifecycle-webhook serve mutate -f -`)."""
+    assert run_argv(["mutate", "-f", "-"]) == ["lifecycle-webhook", "mutate", "-f", "-"]
+    assert run_argv(["version"]) == ["lifecycle-webhook", "version"]
+    assert run_argv(["serve", "--port", "9443"])[:2] == ["lifecycle-webhook", "serve"]
 
 
 def test_dockerignore_sends_only_the_package() -> None:
@@ -331,14 +349,33 @@ def test_version_runs_unprivileged_from_a_read_only_tree(image_venv: Path) -> No
     assert result.stdout.strip() == f"lifecycle-webhook {__version__}"
 
 
+def test_mutate_from_stdin_as_docker_run_image_mutate(image_venv: Path) -> None:
+    """`docker run -i IMAGE mutate -f -`: the argv the image runs, unprivileged, from a
+    read-only tree, reading a Pod on stdin."""
+    pod = (
+        '{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},'
+        ' "spec": {"containers": [{"name": "app", "image": "app:1"}]}}'
+    )
+    with scratch() as tmp:
+        result = subprocess.run(
+            [*as_unprivileged(), *run_argv(["mutate", "-f", "-", "-o", "json"])],
+            input=pod, capture_output=True, text=True, timeout=60, check=False,
+            cwd=str(image_venv), env=image_env(image_venv, tmp),
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    mutated = json.loads(result.stdout)
+    assert "preStop" in mutated["spec"]["containers"][0]["lifecycle"]
+
+
 def test_serve_self_signed_unprivileged_read_only_writes_only_to_tmpdir(image_venv: Path) -> None:
-    """The image's ENTRYPOINT with no arguments but ports: it creates a throwaway CA, answers
-    /readyz over HTTPS (verified against that CA), and exits 0 on SIGTERM."""
+    """The image's default command (ENTRYPOINT + CMD `serve`) with ports added: it creates a
+    throwaway CA, answers /readyz over HTTPS (verified against that CA), and exits 0 on
+    SIGTERM."""
     port, metrics_port = free_port(), free_port()
     before = owned_files(Path("/tmp"), UNPRIVILEGED) if os.geteuid() == 0 else set()
     with scratch() as tmp:
         process = subprocess.Popen(
-            [*as_unprivileged(), "lifecycle-webhook", "serve", "--host", "127.0.0.1",
+            [*as_unprivileged(), *run_argv(["serve"]), "--host", "127.0.0.1",
              "--port", str(port), "--metrics-port", str(metrics_port), "--drain-seconds", "0.2"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(image_venv),
             env=image_env(image_venv, tmp),

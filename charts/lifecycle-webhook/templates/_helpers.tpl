@@ -48,7 +48,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if .Values.image.digest -}}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
 {{- else -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- $tag := .Values.image.tag -}}
+{{- if kindIs "invalid" $tag -}}{{- /* tag: null */ -}}
+{{- $tag = "" -}}
+{{- end -}}
+{{- if kindIs "float64" $tag -}}{{- /* a whole number (the schema's integer) read from YAML */ -}}
+{{- $tag = int64 $tag -}}
+{{- end -}}
+{{- printf "%s:%s" .Values.image.repository (toString $tag | default .Chart.AppVersion) -}}
 {{- end -}}
 {{- end -}}
 
@@ -66,9 +73,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- end -}}
 
-{{/* excludedNamespaces plus the release namespace, as a JSON list (use with fromJsonArray). */}}
+{{/*
+Every namespace never mutated, as a JSON list (use with fromJsonArray): the system namespaces
+and the release namespace always, plus excludedNamespaces. Helm replaces lists rather than
+merging them, so the fixed ones must not live in values.yaml, where an override would drop them.
+*/}}
 {{- define "lifecycle-webhook.excludedNamespaces" -}}
-{{- concat .Values.excludedNamespaces (list .Release.Namespace) | uniq | toJson -}}
+{{- $system := list "kube-system" "kube-public" "kube-node-lease" -}}
+{{- concat $system (.Values.excludedNamespaces | default list) (list .Release.Namespace) | uniq | toJson -}}
 {{- end -}}
 
 {{/* terminationGracePeriodSeconds: preStop sleep + server drain + margin, or the explicit value. */}}
@@ -115,4 +127,27 @@ seccompProfile:
   valueFrom:
     fieldRef:
       fieldPath: metadata.namespace
+{{- end -}}
+
+{{/*
+Checks across values that values.schema.json cannot express. Rendered once, by configmap.yaml.
+The server exits on a configuration file it refuses, so everything it would refuse fails here.
+*/}}
+{{- define "lifecycle-webhook.validate" -}}
+{{- $config := .Values.config | default dict -}}
+{{- $max := int64 3600 -}}
+{{- if hasKey $config "maxSeconds" -}}
+{{- $max = int64 $config.maxSeconds -}}
+{{- end -}}
+{{- range $key := list "prestopSeconds" "shutdownSeconds" "sidecarShutdownSeconds" -}}
+{{- if and (hasKey $config $key) (gt (int64 (get $config $key)) $max) -}}
+{{- fail (printf "config.%s (%d) must be at most config.maxSeconds (%d)" $key (int64 (get $config $key)) $max) -}}
+{{- end -}}
+{{- end -}}
+{{- if eq (int64 .Values.server.port) (int64 .Values.metrics.port) -}}
+{{- fail (printf "server.port and metrics.port must differ (both %d)" (int64 .Values.server.port)) -}}
+{{- end -}}
+{{- if and (eq .Values.certs.source "provided") (not (toString .Values.certs.provided.caBundle | trim)) -}}
+{{- fail "certs.provided.caBundle is empty: give the PEM (or base64 of the PEM) of the CA that signed certs.provided.secretName" -}}
+{{- end -}}
 {{- end -}}
