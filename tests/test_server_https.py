@@ -876,6 +876,42 @@ def kubeconfig_for(path: Path, port: int) -> Path:
     return path
 
 
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def test_by_default_it_listens_on_ipv4_and_ipv6(
+    tmp_path: Path, start: Callable[..., ServerProcess]
+) -> None:
+    """An IPv6-only cluster must reach the webhook as a dual-stack or IPv4 one does."""
+    import argparse
+
+    from webhook.server import ALL_INTERFACES, add_serve_arguments
+
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    assert parser.parse_args([]).host == ALL_INTERFACES
+    pki = Pki(tmp_path / "pki")
+    server = start([*tls_args(pki), f"--host={ALL_INTERFACES}"], pki.ca_file)
+    server.wait_ready()  # over 127.0.0.1
+    assert httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).is_success
+    if ipv6_loopback():  # a kernel without IPv6 gets the IPv4-only fallback, checked above
+        context = ssl.create_default_context(cafile=str(pki.ca_file))
+        context.check_hostname = False  # the test certificate names 127.0.0.1, not ::1
+        conn = http.client.HTTPSConnection("::1", server.port, context=context, timeout=5)
+        try:
+            conn.request("GET", "/readyz")
+            assert conn.getresponse().status == 200
+        finally:
+            conn.close()
+        assert httpx.get(f"http://[::1]:{server.metrics_port}/metrics", timeout=5).is_success
+
+
 def test_not_ready_until_the_cluster_version_is_resolved(
     tmp_path: Path, start: Callable[..., ServerProcess]
 ) -> None:

@@ -6,6 +6,7 @@ the series count; children are cached because `labels()` takes a lock on every c
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -147,10 +148,19 @@ def serve_metrics(metrics: Metrics, host: str, port: int) -> ThreadingHTTPServer
     class Server(ThreadingHTTPServer):
         daemon_threads = True
 
-    if ":" in host:
-        import socket
+        def server_bind(self) -> None:
+            if self.address_family == socket.AF_INET6 and host == "":
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            super().server_bind()
 
+    if host == "" or ":" in host:  # "" is every interface: IPv4 and IPv6 on one socket
         Server.address_family = socket.AF_INET6
-    server = Server((host, port), Handler)
+    try:
+        server = Server(("::" if host == "" else host, port), Handler)
+    except OSError:
+        if host != "":
+            raise
+        Server.address_family = socket.AF_INET  # no IPv6 in this kernel
+        server = Server(("", port), Handler)
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server

@@ -12,6 +12,7 @@ import contextlib
 import gc
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -40,6 +41,32 @@ VERSION_RETRY_SECONDS = 30.0
 PROG = "lifecycle-webhook serve"
 
 
+ALL_INTERFACES = ""
+"""The default --host: one socket for IPv4 and IPv6, so single- and dual-stack clusters alike
+reach the webhook (0.0.0.0 would be unreachable in an IPv6-only cluster)."""
+
+
+def listening_socket(host: str, port: int) -> socket.socket | None:
+    """For ALL_INTERFACES, a bound dual-stack socket (IPv4 alone where the kernel has no IPv6);
+    None for an explicit --host, which uvicorn binds as given."""
+    if host != ALL_INTERFACES:
+        return None
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        address: tuple[str, int] = ("::", port)
+    except OSError:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        address = ("0.0.0.0", port)  # noqa: S104 - a Pod listens in its own network namespace
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class UsageError(Exception):
     """A bad flag value: exit 2."""
 
@@ -59,9 +86,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--host",
-        default="0.0.0.0",  # noqa: S104 - a Pod listens on its own network namespace
+        default=ALL_INTERFACES,
         metavar="HOST",
-        help="address to listen on (default 0.0.0.0)",
+        help="address to listen on (default: every interface, IPv4 and IPv6)",
     )
     parser.add_argument(
         "--port", default=DEFAULT_PORT, type=int, metavar="PORT", help="HTTPS port (default 8443)"
@@ -295,7 +322,13 @@ def _serve(
 
     server = _build_server(args, state, reloader, log, started, after_listening)
     try:
-        server.run()
+        sock = listening_socket(args.host, args.port)
+    except OSError as exc:
+        metrics_server.shutdown()
+        log.event("cannot listen", level="error", port=args.port, error=str(exc))
+        return 1
+    try:
+        server.run(sockets=[sock] if sock else None)
     except SystemExit as exc:  # uvicorn exits this way when it cannot bind
         log.event("cannot listen", level="error", port=args.port, code=str(exc.code))
         return 1
@@ -397,7 +430,7 @@ def _build_server(
             gc.set_threshold(50_000, 20, 100)
             log.event(
                 "started",
-                host=args.host,
+                host=args.host or "*",
                 port=port,
                 metrics_port=args.metrics_port,
                 startup_ms=round((time.monotonic() - started) * 1000, 1),
