@@ -15,6 +15,8 @@ import orjson
 from webhook.core.model import Mutation
 
 API_VERSIONS = frozenset({"admission.k8s.io/v1", "admission.k8s.io/v1beta1"})
+DEFAULT_MAX_BODY_BYTES = 3 * 1024 * 1024
+"""The API server's own limit on a request body (3 MiB)."""
 KIND = "AdmissionReview"
 
 

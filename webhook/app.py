@@ -19,13 +19,17 @@ import orjson
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from webhook.admission import BadReview, ReviewRequest, build_response, parse_review
+from webhook.admission import (
+    DEFAULT_MAX_BODY_BYTES,
+    BadReview,
+    ReviewRequest,
+    build_response,
+    parse_review,
+)
 from webhook.core.model import NEWEST_KNOWN_VERSION, Config, Mutation, Settings
 from webhook.logs import JsonLog
 from webhook.metrics import Metrics
 from webhook.namespaces import Lookup, NamespaceSource
-
-DEFAULT_MAX_BODY_BYTES = 3 * 1024 * 1024
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

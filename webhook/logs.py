@@ -71,11 +71,11 @@ class JsonLog:
             "ts": dt.datetime.now(_UTC),
             "level": level,
             "event": "review",
-            "uid": uid,
-            "namespace": namespace,
-            "name": name,
-            "owner_kind": owner_kind,
-            "owner_name": owner_name,
+            "uid": _bounded(uid, FIELD_LIMIT),
+            "namespace": _bounded(namespace, FIELD_LIMIT),
+            "name": _bounded(name, FIELD_LIMIT),
+            "owner_kind": _bounded(owner_kind, FIELD_LIMIT),
+            "owner_name": _bounded(owner_name, FIELD_LIMIT),
             "operation": operation,
             "outcome": outcome,
             "features": list(features),
@@ -87,10 +87,21 @@ class JsonLog:
         if status != 200:
             record["status"] = status
         if error:
-            record["error"] = error
+            record["error"] = _bounded(error, ERROR_LIMIT)
         if traceback:
-            record["traceback"] = traceback
+            record["traceback"] = _bounded(traceback, TRACEBACK_LIMIT)
         self._write(record)
+
+
+FIELD_LIMIT = 256
+ERROR_LIMIT = 1024
+TRACEBACK_LIMIT = 8192
+"""The fields come from requests not yet validated (a name may be megabytes): a log line stays
+a line a log pipeline accepts."""
+
+
+def _bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + f"...[{len(text) - limit} more]"
 
 
 class BridgeHandler(logging.Handler):

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from webhook.admission import DEFAULT_MAX_BODY_BYTES
 from webhook.logs import LEVELS, JsonLog, bridge_stdlib_logging
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 DEFAULT_PORT = 8443
 DEFAULT_METRICS_PORT = 9090
 DEFAULT_DRAIN_SECONDS = 5.0
-DEFAULT_MAX_BODY_BYTES = 3 * 1024 * 1024
 KEEP_ALIVE_SECONDS = 120
 """The API server keeps idle connections up to 90 s; closing earlier races its next request."""
 GRACEFUL_SHUTDOWN_SECONDS = 10
