@@ -686,21 +686,10 @@ spec:
 
 @pytest.fixture(scope="module")
 def helm() -> Path:
-    """The pinned helm from hack/build-test-tools.sh (cached); Go is needed to build it."""
-    if shutil.which("go") is None:
-        message = "the post-renderer test needs Go to build helm (hack/build-test-tools.sh)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    done = subprocess.run(
-        ["bash", str(ROOT / "hack" / "build-test-tools.sh"), "helm"],
-        capture_output=True,
-        text=True,
-        timeout=30 * 60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return Path(done.stdout.strip().splitlines()[-1]) / "helm"
+    """The pinned helm from hack/build-test-tools.sh (cached)."""
+    from .tools import build_tools
+
+    return build_tools("helm").helm
 
 
 def _helm_template(

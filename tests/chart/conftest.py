@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -13,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from ..tools import REPO, build_tools
+
 CHART = REPO / "charts" / "lifecycle-webhook"
-BUILD_SCRIPT = REPO / "hack" / "build-test-tools.sh"
 RELEASE = "lcw"
 NAMESPACE = "lifecycle-system"
 OLDEST_KUBE = "1.30.0"
@@ -25,37 +24,10 @@ Obj = dict[str, Any]
 Render = Callable[..., list[Obj]]
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI") == "true"
-
-
-def skip_or_fail(reason: str) -> None:
-    """Outside CI a missing tool skips (and says why); in CI it fails."""
-    if in_ci():
-        pytest.fail(f"{reason}; CI=true, so this may not be skipped", pytrace=False)
-    print(f"\nSKIP: {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
 def helm() -> Path:
-    """The helm binary the lead's script builds (cached: a no-op when already built)."""
-    if shutil.which("go") is None:
-        skip_or_fail("chart tests need Go to build helm (hack/build-test-tools.sh helm)")
-    result = subprocess.run(
-        ["bash", str(BUILD_SCRIPT), "helm"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30 * 60,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.fail(f"{BUILD_SCRIPT} helm failed:\n{result.stderr[-6000:]}", pytrace=False)
-    binary = Path(result.stdout.strip().splitlines()[-1]) / "helm"
-    if not os.access(binary, os.X_OK):
-        pytest.fail(f"{BUILD_SCRIPT} did not produce {binary}", pytrace=False)
-    return binary
+    """The pinned helm (cached: a no-op when already built)."""
+    return build_tools("helm").helm
 
 
 @pytest.fixture(scope="session")

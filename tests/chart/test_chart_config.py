@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import REPO, only
+from ..tools import REPO
+from .conftest import only
 
 pytestmark = pytest.mark.chart
 

@@ -25,7 +25,7 @@ import pytest
 
 from webhook import __version__
 
-from .conftest import REPO, in_ci, skip_or_fail
+from ..tools import REPO, in_ci, skip_or_fail
 
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"

@@ -26,10 +26,10 @@ import yaml
 
 from webhook.certs import KeyPair, generate_ca, generate_serving
 
+from ..tools import Tools
 from .kube import Kube
 from .pki import as_bytes, client_certificate, write_service_account_keys
 from .procs import ManagedProcess, free_port, wait_until
-from .tools import Tools
 
 START_TIMEOUT_SECONDS = 90
 CERT_DAYS = 2

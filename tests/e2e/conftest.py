@@ -9,10 +9,10 @@ from collections.abc import Generator, Iterator
 
 import pytest
 
+from ..tools import BUILD_TIMEOUT_SECONDS
 from . import session as e2e_session
 from .kube import INJECT
 from .session import E2E
-from .tools import BUILD_TIMEOUT_SECONDS
 from .webhooks import WebhookSetup
 
 _state: dict[str, E2E | float] = {}

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from webhook.certs import KeyPair, generate_serving
 
+from ..tools import REPO
 from .cluster import https_get
 from .pki import as_bytes
 from .procs import ManagedProcess, free_port, wait_until
-from .tools import REPO
 
 START_TIMEOUT_SECONDS = 30
 RELOAD_TIMEOUT_SECONDS = 15

@@ -7,11 +7,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..tools import Tools, build_tools
 from .cluster import ControlPlane, start_control_plane
 from .kube import INJECT, Kube, Obj
 from .procs import ManagedProcess
 from .server import RELEASE_NAMESPACE, WebhookServer
-from .tools import Tools, build_tools
 from .webhooks import Registration, WebhookSetup
 
 

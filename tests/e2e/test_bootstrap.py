@@ -24,13 +24,13 @@ import pytest
 from webhook import certs_policy
 from webhook.certs import KeyPair, generate_ca, generate_serving, service_dns_names
 
+from ..tools import REPO
 from .cluster import served_certificate
 from .kube import ApiError, Obj
 from .pki import certificates_in_bundle, serial_number, serial_number_der
 from .procs import wait_until
 from .server import RELEASE_NAMESPACE, WebhookServer
 from .session import E2E
-from .tools import REPO
 from .webhooks import mutating_configuration, render_chart
 
 pytestmark = pytest.mark.e2e

@@ -20,10 +20,10 @@ from typing import Literal
 
 import yaml
 
+from ..tools import REPO
 from .kube import INJECT, ApiError, Kube, Obj, is_mutated, make_pod, unique_name
 from .procs import free_port, wait_until
 from .server import RELEASE_NAMESPACE
-from .tools import REPO
 
 CHART = REPO / "charts" / "lifecycle-webhook"
 RELEASE = "e2e"
