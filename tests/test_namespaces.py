@@ -235,3 +235,22 @@ def test_a_silent_watch_is_reopened_from_its_resource_version(
     KubeNamespaces(server.api(), JsonLog("error")).start()
     wait_for(lambda: sum("resourceVersion=42" in p for p in server.paths) >= 1, 3)
     assert sum(is_list(p) for p in server.paths) == 1, "a stall is not a reason to list again"
+
+
+def test_a_cluster_that_refuses_warns_per_pod_one_that_is_absent_does_not(fake: Any) -> None:
+    def forbidden(path: str, tls: ssl.SSLSocket) -> None:
+        respond(tls, 403, {"kind": "Status", "code": 403, "reason": "Forbidden"})
+
+    server = fake(forbidden)
+    refusing = KubeNamespaces(server.api(), JsonLog("error"), lookup_timeout=0.3).start()
+    wait_for(lambda: any(is_list(p) for p in server.paths))
+    time.sleep(0.2)
+    assert refusing.annotations("shop") is None, "RBAC missing: the core warns on every pod"
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        nothing_listens = probe.getsockname()[1]
+    absent = ApiServer(f"https://127.0.0.1:{nothing_listens}", server.api().context, lambda: None)
+    quiet = KubeNamespaces(absent, JsonLog("error"), lookup_timeout=0.3).start()
+    wait_for(lambda: quiet._unreachable)
+    assert quiet.annotations("shop") == {}, "no cluster: one log line, no per-pod warning"

@@ -443,7 +443,11 @@ class KubeNamespaces:
                 backoff = min(backoff * 2, 30.0)
 
     def _report(self, exc: Exception) -> None:
-        if not self._reached:
+        answered = isinstance(exc, ApiError) and exc.status is not None
+        if not self._reached and not answered:
+            # Nothing answers at that address (no cluster here): one line, then quiet. A
+            # cluster that answers with an error (403: RBAC missing) is a misconfiguration,
+            # and every pod is told, as for any failed read.
             self._unreachable = True
             self.log.event(
                 "cluster not reachable",
