@@ -155,80 +155,49 @@ class Cluster:
         self.core: Any = client.CoreV1Api(api_client)
         self.admission: Any = client.AdmissionregistrationV1Api(api_client)
 
-    @staticmethod
-    def _status(exc: Exception) -> int | None:
-        status = getattr(exc, "status", None)
-        return status if isinstance(status, int) else None
-
-    def read_secret(self, name: str, namespace: str) -> dict[str, Any] | None:
+    def _call(self, method: Any, *args: Any, tolerate: tuple[int, ...]) -> Any:
+        """The raw response, or None when the API server answered a status in `tolerate`
+        (404: gone; 409 or 422: changed since it was read; the caller re-reads)."""
         from kubernetes.client.exceptions import ApiException
 
         try:
-            response = self.core.read_namespaced_secret(
-                name, namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
-            )
+            return method(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
         except ApiException as exc:
-            if exc.status == 404:
+            if exc.status in tolerate:
                 return None
             raise
-        secret: dict[str, Any] = json.loads(response.data)
-        return secret
+
+    def read_secret(self, name: str, namespace: str) -> dict[str, Any] | None:
+        response = self._call(self.core.read_namespaced_secret, name, namespace, tolerate=(404,))
+        return None if response is None else dict(json.loads(response.data))
 
     def create_secret(self, namespace: str, body: Mapping[str, Any]) -> bool:
         """True when created; False when someone else created it first (409)."""
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            self.core.create_namespaced_secret(
-                namespace, body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
-            )
-        except ApiException as exc:
-            if exc.status == 409:
-                return False
-            raise
-        return True
+        created = self._call(self.core.create_namespaced_secret, namespace, body, tolerate=(409,))
+        return created is not None
 
     def replace_secret(self, name: str, namespace: str, body: Mapping[str, Any]) -> bool:
         """True when replaced; False when the Secret changed since it was read (409)."""
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            self.core.replace_namespaced_secret(
-                name, namespace, body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
-            )
-        except ApiException as exc:
-            if exc.status in (404, 409):
-                return False
-            raise
-        return True
+        replaced = self._call(
+            self.core.replace_namespaced_secret, name, namespace, body, tolerate=(404, 409)
+        )
+        return replaced is not None
 
     def read_webhook_config(self, name: str) -> dict[str, Any] | None:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            response = self.admission.read_mutating_webhook_configuration(
-                name, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        configuration: dict[str, Any] = json.loads(response.data)
-        return configuration
+        response = self._call(
+            self.admission.read_mutating_webhook_configuration, name, tolerate=(404,)
+        )
+        return None if response is None else dict(json.loads(response.data))
 
     def patch_webhook_config(self, name: str, ops: list[dict[str, Any]]) -> bool:
         """True when patched; False when a `test` failed or it vanished (re-read and retry)."""
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            self.admission.patch_mutating_webhook_configuration(
-                name, ops, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
-            )
-        except ApiException as exc:
-            if exc.status in (404, 409, 422):
-                return False
-            raise
-        return True
+        patched = self._call(
+            self.admission.patch_mutating_webhook_configuration,
+            name,
+            ops,
+            tolerate=(404, 409, 422),
+        )
+        return patched is not None
 
 
 def sync_secret(
