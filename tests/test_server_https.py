@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime as dt
 import http.client
 import os
 import signal
@@ -30,12 +29,11 @@ import jsonpatch
 import orjson
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
 from webhook import certs
+
+from .pki import client_certificate
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_BODY = 3 * 1024 * 1024
@@ -677,32 +675,9 @@ def test_unexpected_exception_is_http_500_and_the_server_keeps_serving(tmp_path:
 
 
 def client_pair(ca: certs.KeyPair, directory: Path) -> tuple[Path, Path]:
-    """A client certificate (EKU clientAuth) signed by `ca`."""
-    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
-    ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
-    )
-    pair = certs.KeyPair(
-        cert.public_bytes(serialization.Encoding.PEM),
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
-    return certs.write_pair(directory, "client", pair)
+    """A client certificate (EKU clientAuth) signed by `ca`, as the API server would present."""
+    cert_pem, key_pem = client_certificate(ca.cert_pem, ca.key_pem, "kube-apiserver")
+    return certs.write_pair(directory, "client", certs.KeyPair(cert_pem, key_pem))
 
 
 def test_client_ca_mode_requires_a_client_certificate_from_that_ca(

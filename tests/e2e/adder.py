@@ -13,7 +13,7 @@ from typing import Any
 
 from webhook.certs import KeyPair, generate_serving
 
-from .pki import as_bytes
+from ..pki import as_bytes
 
 ADDED_CONTAINER = "late-sidecar"
 NAMESPACE_LABEL = "e2e.lifecycle-webhook.io/adder"

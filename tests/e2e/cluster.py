@@ -26,9 +26,10 @@ import yaml
 
 from webhook.certs import KeyPair, generate_ca, generate_serving
 
+from ..pki import as_bytes, client_certificate
 from ..tools import Tools
 from .kube import Kube
-from .pki import as_bytes, client_certificate, write_service_account_keys
+from .pki import write_service_account_keys
 from .procs import ManagedProcess, free_port, wait_until
 
 START_TIMEOUT_SECONDS = 90

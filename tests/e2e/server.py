@@ -17,9 +17,9 @@ from pathlib import Path
 
 from webhook.certs import KeyPair, generate_serving
 
+from ..pki import as_bytes
 from ..tools import REPO
 from .cluster import https_get
-from .pki import as_bytes
 from .procs import ManagedProcess, free_port, wait_until
 
 START_TIMEOUT_SECONDS = 30

@@ -8,9 +8,10 @@ import threading
 
 import pytest
 
+from ..pki import as_bytes
 from .cluster import served_certificate
 from .kube import is_mutated, make_pod
-from .pki import as_bytes, serial_number, serial_number_der
+from .pki import serial_number, serial_number_der
 from .procs import wait_until
 from .session import E2E
 
