@@ -1006,24 +1006,6 @@ def test_in_cluster_connection_uses_the_service_account_and_rereads_its_token(
     assert seen == ["Bearer first-token", "Bearer rotated-token", "Bearer rotated-token"]
 
 
-def test_missing_explicit_kubeconfig_exits_2(tmp_path: Path) -> None:
-    pki = Pki(tmp_path / "pki")
-    command = [sys.executable, "-m", "webhook", "serve", *tls_args(pki)]
-    command += ["--port", str(free_port()), "--metrics-port", str(free_port())]
-    command += ["--kubeconfig", str(tmp_path / "nope")]
-    done = subprocess.run(
-        command,
-        cwd=tmp_path,
-        env=clean_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 2
-    assert "--kubeconfig" in done.stderr
-
-
 # --- SIGTERM ------------------------------------------------------------------------------
 
 
@@ -1145,6 +1127,10 @@ def test_startup_time_to_ready_is_measured(
         (["--config", "{bad_config}"], "prestopSeconds"),
         (["--tls-cert", "{key}", "--tls-key", "{cert}"], "TLS"),
         (["--max-body-bytes", "0"], "--max-body-bytes"),
+        (
+            ["--tls-cert", "{cert}", "--tls-key", "{key}", "--kubeconfig", "{missing}"],
+            "--kubeconfig",
+        ),
     ],
 )
 def test_bad_flags_and_files_exit_2_with_a_message(

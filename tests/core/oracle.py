@@ -185,6 +185,16 @@ def sleep_of(hook):
     return None
 
 
+def user_sleeps(pod):
+    """Every `sleep` action the user wrote, in any preStop or postStart."""
+    return [
+        hook["sleep"]["seconds"]
+        for c in pod["spec"]["containers"] + pod["spec"].get("initContainers", [])
+        for hook in c.get("lifecycle", {}).values()
+        if isinstance(hook, dict) and "sleep" in hook
+    ]
+
+
 def intended_pod(pod, intended, version):
     """SPEC §4 written out once more, independently of webhook.core."""
     out = copy.deepcopy(pod)
@@ -238,26 +248,14 @@ def intended_pod(pod, intended, version):
                 spec["terminationGracePeriodSeconds"], required
             )
         else:
-            user_sleeps = [
-                h["sleep"]["seconds"]
-                for c in pod["spec"]["containers"] + pod["spec"].get("initContainers", [])
-                for h in c.get("lifecycle", {}).values()
-                if isinstance(h, dict) and "sleep" in h
-            ]
-            spec["terminationGracePeriodSeconds"] = max([explicit, *user_sleeps])
+            spec["terminationGracePeriodSeconds"] = max([explicit, *user_sleeps(pod)])
         for hook in injected.values():
             if "sleep" in hook:
                 hook["sleep"]["seconds"] = min(
                     hook["sleep"]["seconds"], spec["terminationGracePeriodSeconds"]
                 )
     elif in_scope and explicit == 0:
-        user_sleeps = [
-            h["sleep"]["seconds"]
-            for c in pod["spec"]["containers"] + pod["spec"].get("initContainers", [])
-            for h in c.get("lifecycle", {}).values()
-            if isinstance(h, dict) and "sleep" in h
-        ]
-        spec["terminationGracePeriodSeconds"] = max([0, *user_sleeps])
+        spec["terminationGracePeriodSeconds"] = max([0, *user_sleeps(pod)])
     post = value(intended, "poststart-exec", None)
     if post:
         for c in spec["containers"]:
