@@ -133,23 +133,7 @@ class MutateEndpoint:
     async def _invalid(
         self, send: Send, started: float, status: int, message: str, close: bool = False
     ) -> None:
-        state = self.state
-        seconds = perf_counter() - started
-        state.metrics.review("other", "invalid", seconds)
-        state.log.review(
-            uid="",
-            namespace="",
-            name="",
-            owner_kind="",
-            owner_name="",
-            operation="",
-            outcome="invalid",
-            features=(),
-            warnings=0,
-            duration_ms=seconds * 1000,
-            status=status,
-            error=message,
-        )
+        self._record(None, "invalid", perf_counter() - started, status=status, error=message)
         await self._reply(send, status, _error_body(message), close=close)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -200,52 +184,57 @@ class MutateEndpoint:
             return
         except Exception as exc:
             await self._reply(send, 500, _error_body("internal error; see the webhook's log"))
-            self._record_error(review, started, exc)
+            self._record(
+                review,
+                "error",
+                perf_counter() - started,
+                status=500,
+                error=f"{type(exc).__name__}: {exc}",
+                traceback="".join(traceback.format_exception(exc)),
+            )
             return
         await self._reply(send, 200, answer)
-        self._record(review, mutation, perf_counter() - started)
-
-    def _record(self, review: ReviewRequest, mutation: Mutation | None, seconds: float) -> None:
         if mutation is None:
-            outcome: str = "skipped"
-            features: tuple[str, ...] = ()
-            reasons: tuple[str, ...] = ()
+            self._record(review, "skipped", perf_counter() - started)
         else:
-            outcome, features = mutation.outcome, mutation.features
-            reasons = tuple(w.reason for w in mutation.warnings)
-        self.state.metrics.review(review.operation, outcome, seconds, features, reasons)
-        self.state.log.review(
-            uid=review.uid,
-            namespace=review.namespace,
-            name=review.name,
-            owner_kind=review.owner_kind,
-            owner_name=review.owner_name,
-            operation=review.operation,
-            outcome=outcome,
-            features=features,
-            warnings=len(reasons),
-            duration_ms=seconds * 1000,
-            dry_run=review.dry_run,
-        )
+            self._record(
+                review,
+                mutation.outcome,
+                perf_counter() - started,
+                mutation.features,
+                tuple(w.reason for w in mutation.warnings),
+            )
 
-    def _record_error(self, review: ReviewRequest | None, started: float, exc: Exception) -> None:
-        seconds = perf_counter() - started
-        self.state.metrics.review(review.operation if review else "other", "error", seconds)
+    def _record(
+        self,
+        review: ReviewRequest | None,
+        outcome: str,
+        seconds: float,
+        features: tuple[str, ...] = (),
+        reasons: tuple[str, ...] = (),
+        *,
+        status: int = 200,
+        error: str | None = None,
+        traceback: str | None = None,
+    ) -> None:
+        """The metrics and the one log line of a review (`review` None: the body was unusable)."""
+        operation = review.operation if review else ""
+        self.state.metrics.review(operation or "other", outcome, seconds, features, reasons)
         self.state.log.review(
             uid=review.uid if review else "",
             namespace=review.namespace if review else "",
             name=review.name if review else "",
             owner_kind=review.owner_kind if review else "",
             owner_name=review.owner_name if review else "",
-            operation=review.operation if review else "",
-            outcome="error",
-            features=(),
-            warnings=0,
+            operation=operation,
+            outcome=outcome,
+            features=features,
+            warnings=len(reasons),
             duration_ms=seconds * 1000,
             dry_run=review.dry_run if review else False,
-            status=500,
-            error=f"{type(exc).__name__}: {exc}",
-            traceback="".join(traceback.format_exception(exc)),
+            status=status,
+            error=error,
+            traceback=traceback,
         )
 
     async def _answer(self, review: ReviewRequest) -> tuple[bytes, Mutation | None]:
