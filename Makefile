@@ -21,8 +21,8 @@ venv: $(STAMP) ## create .venv with the webhook and its test tools
 run: $(STAMP) ## run the webhook on https://127.0.0.1:8443 with throwaway self-signed certificates
 	$(BIN)/lifecycle-webhook serve --host 127.0.0.1
 
-tools: ## build (or reuse from the cache) kube-apiserver, kubectl, etcd and helm for the tests
-	bash hack/build-test-tools.sh
+tools: ## build (or reuse from the cache) kube-apiserver, kubectl, etcd, helm and the node binaries
+	bash hack/build-test-tools.sh all node
 
 lint: $(STAMP) ## ruff and mypy (strict on the core)
 	$(BIN)/ruff check webhook tests bench
@@ -32,11 +32,16 @@ lint: $(STAMP) ## ruff and mypy (strict on the core)
 test: $(STAMP) ## everything CI runs: lint, unit, golden, property, HTTPS, chart and end-to-end tests
 	bash hack/test.sh
 
-unit: $(STAMP) ## the fast tests only (no helm, no API server)
-	$(BIN)/pytest -m "not e2e and not chart" -q
+unit: $(STAMP) ## the fast tests only (no helm, no API server, no node)
+	$(BIN)/pytest -m "not e2e and not chart and not node" -q
 
 e2e: $(STAMP) ## only the end-to-end tests against a real kube-apiserver and etcd
 	$(BIN)/pytest tests/e2e -m e2e
+
+node: $(STAMP) ## only the real-node tests: kubelet, containerd, kube-proxy in their own namespaces (root)
+	bash hack/node-deps.sh
+	bash hack/build-test-tools.sh all node >/dev/null
+	$(BIN)/pytest tests/node -m node
 
 golden: $(STAMP) ## regenerate the golden outputs (review the diff before committing)
 	$(BIN)/python -m tests.golden.regenerate
@@ -44,4 +49,4 @@ golden: $(STAMP) ## regenerate the golden outputs (review the diff before commit
 bench: $(STAMP) ## throughput, latency, memory and start-up against a trivial FastAPI baseline
 	$(BIN)/python -m bench
 
-.PHONY: help venv run tools lint test unit e2e golden bench
+.PHONY: help venv run tools lint test unit e2e node golden bench

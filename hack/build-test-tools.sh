@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the pinned binaries the end-to-end tests run: kube-apiserver and kubectl
-# (from the k8s.io/kubernetes Go module), etcd and helm. Nothing is downloaded but Go
+# (from the k8s.io/kubernetes Go module), etcd and helm; with `node`, also the node suite's
+# kubelet, kube-proxy, kube-controller-manager and kube-scheduler. Nothing is downloaded but Go
 # modules from the module proxy. Binaries are cached outside the repo, keyed by tool
 # version and Go version, and rebuilt only when missing.
 #
@@ -24,9 +25,13 @@ export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
 
 log() { echo "build-test-tools: $*" >&2; }
 
-build_kube() {
-  [ -x "$out/kube-apiserver" ] && [ -x "$out/kubectl" ] && return 0
-  log "building kube-apiserver and kubectl v$K8S_VERSION (cold: about 4-5 min on 2 cores)"
+# Every Kubernetes binary comes from one wrapper module around k8s.io/kubernetes (its staging
+# repositories replaced by their published versions); each is built only when it is missing.
+build_kube_binaries() {
+  local missing=() b
+  for b in "$@"; do [ -x "$out/$b" ] || missing+=("$b"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "building ${missing[*]} v$K8S_VERSION (cold: about 4-5 min on 2 cores for the first)"
   local work minor staging gomod ldf
   work="$(mktemp -d)"
   minor="$(echo "$K8S_VERSION" | cut -d. -f2)"
@@ -42,18 +47,19 @@ build_kube() {
       sed -nE 's#^[[:space:]]*(k8s\.io/[A-Za-z0-9._-]+) => \./staging/src/.*#\t\1 => \1 '"$staging"'#p' "$gomod"
       echo ")"
     } > go.mod
-    go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@v$K8S_VERSION" >&2
-    go get -tool "k8s.io/kubernetes/cmd/kubectl@v$K8S_VERSION" >&2
     ldf="-s -w"
     for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
       ldf="$ldf -X $p.gitVersion=v$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
     done
-    go build -trimpath -tags notest -ldflags "$ldf" -o "$out/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver
-    go build -trimpath -tags notest -ldflags "$ldf" -o "$out/kubectl.tmp" k8s.io/kubernetes/cmd/kubectl
+    for b in "${missing[@]}"; do
+      go get -tool "k8s.io/kubernetes/cmd/$b@v$K8S_VERSION" >&2
+    done
+    for b in "${missing[@]}"; do
+      go build -trimpath -tags notest -ldflags "$ldf" -o "$out/$b.tmp" "k8s.io/kubernetes/cmd/$b"
+    done
   )
   rm -rf "$work"
-  mv "$out/kube-apiserver.tmp" "$out/kube-apiserver"
-  mv "$out/kubectl.tmp" "$out/kubectl"
+  for b in "${missing[@]}"; do mv "$out/$b.tmp" "$out/$b"; done
 }
 
 build_etcd() {
@@ -87,11 +93,15 @@ build_helm() {
   mv "$out/helm.tmp" "$out/helm"
 }
 
-case "${1:-all}" in
-  helm) build_helm ;;
-  kube) build_kube ;;
-  etcd) build_etcd ;;
-  all) build_helm; build_etcd; build_kube ;;
-  *) echo "usage: $0 [all|helm|etcd|kube]" >&2; exit 2 ;;
-esac
+[ $# -gt 0 ] || set -- all
+for target in "$@"; do
+  case "$target" in
+    helm) build_helm ;;
+    kube) build_kube_binaries kube-apiserver kubectl ;;
+    etcd) build_etcd ;;
+    node) build_kube_binaries kubelet kube-proxy kube-controller-manager kube-scheduler ;;
+    all) build_helm; build_etcd; build_kube_binaries kube-apiserver kubectl ;;
+    *) echo "usage: $0 [all|helm|etcd|kube|node]..." >&2; exit 2 ;;
+  esac
+done
 echo "$out"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: lint, then every test (unit, golden, property, HTTPS,
-# chart and end-to-end). The Go-built tools are built first (cached outside the repo).
+# chart, end-to-end and the real node). The Go-built tools are built first (cached outside the
+# repo) and the node's Debian packages installed when missing.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bin=.venv/bin
@@ -10,16 +11,25 @@ echo "== lint"
 "$bin/ruff" format --check webhook tests bench
 "$bin/mypy"
 
-echo "== test tools (kube-apiserver, kubectl, etcd, helm)"
+echo "== test tools (kube-apiserver, kubectl, etcd, helm; kubelet, kube-proxy, kube-controller-manager, kube-scheduler)"
 if command -v go >/dev/null 2>&1; then
   start=$SECONDS
-  bash hack/build-test-tools.sh all >/dev/null
+  bash hack/build-test-tools.sh all node >/dev/null
   echo "tools ready in $((SECONDS - start)) s"
 elif [ "${CI:-}" = "true" ]; then
   echo "go is required in CI to build kube-apiserver, etcd and helm" >&2
   exit 1
 else
   echo "go not found: the chart and end-to-end tests will be skipped (they say why)"
+fi
+
+echo "== node packages (containerd, runc, CNI plugins, iptables, conntrack, busybox)"
+if ! bash hack/node-deps.sh; then
+  if [ "${CI:-}" = "true" ]; then
+    echo "the node suite's packages could not be installed" >&2
+    exit 1
+  fi
+  echo "node packages missing: the node suite will be skipped (it says why)"
 fi
 
 echo "== tests"

@@ -1,4 +1,5 @@
-"""The pinned binaries the tests run (kube-apiserver, kubectl, etcd, helm).
+"""The pinned binaries the tests run (kube-apiserver, kubectl, etcd, helm; for the node suite
+also kubelet, kube-proxy, kube-controller-manager, kube-scheduler).
 
 hack/build-test-tools.sh builds them from Go modules and caches them outside the repository:
 a fresh machine builds them once (minutes), later runs only check that they are there.
@@ -55,16 +56,25 @@ class Tools:
     def helm(self) -> Path:
         return self.directory / "helm"
 
+    @property
+    def node_binaries(self) -> list[Path]:
+        return [self.directory / name for name in NODE_BINARIES]
 
-def build_tools(target: Literal["all", "helm"] = "all") -> Tools:
-    """Runs the build script for `target` (a no-op when cached) and checks what it made."""
+
+NODE_BINARIES = ("kubelet", "kube-proxy", "kube-controller-manager", "kube-scheduler")
+Target = Literal["all", "helm", "node"]
+
+
+def build_tools(*targets: Target) -> Tools:
+    """Runs the build script for `targets` (default `all`; a no-op when cached) and checks
+    what it made."""
+    targets = targets or ("all",)
+    what = " ".join(targets)
     if shutil.which("go") is None:
-        skip_or_fail(
-            f"Go is needed to build {target} with {BUILD_SCRIPT.name}; `go` is not on PATH"
-        )
+        skip_or_fail(f"Go is needed to build {what} with {BUILD_SCRIPT.name}; `go` is not on PATH")
     start = time.monotonic()
     result = subprocess.run(
-        ["bash", str(BUILD_SCRIPT), target],
+        ["bash", str(BUILD_SCRIPT), *targets],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -74,16 +84,18 @@ def build_tools(target: Literal["all", "helm"] = "all") -> Tools:
     seconds = time.monotonic() - start
     if result.returncode != 0:
         pytest.fail(
-            f"{BUILD_SCRIPT} {target} failed with exit code {result.returncode}\n"
+            f"{BUILD_SCRIPT} {what} failed with exit code {result.returncode}\n"
             f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-8000:]}",
             pytrace=False,
         )
     tools = Tools(Path(result.stdout.strip().splitlines()[-1]), seconds)
-    wanted = (
-        [tools.helm]
-        if target == "helm"
-        else [tools.kube_apiserver, tools.kubectl, tools.etcd, tools.helm]
-    )
+    wanted: list[Path] = []
+    if "all" in targets:
+        wanted += [tools.kube_apiserver, tools.kubectl, tools.etcd, tools.helm]
+    if "helm" in targets:
+        wanted.append(tools.helm)
+    if "node" in targets:
+        wanted += tools.node_binaries
     for binary in wanted:
         if not os.access(binary, os.X_OK):
             pytest.fail(f"{BUILD_SCRIPT} did not produce {binary}", pytrace=False)

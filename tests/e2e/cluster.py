@@ -19,7 +19,8 @@ import socket
 import ssl
 import time
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -34,6 +35,43 @@ from .procs import ManagedProcess, free_port, wait_until
 
 START_TIMEOUT_SECONDS = 90
 CERT_DAYS = 2
+
+
+@dataclass(frozen=True)
+class Host:
+    """Where the control plane runs and how the test reaches it.
+
+    The e2e suite runs it on this machine's 127.0.0.1; the node suite runs it inside the node's
+    namespaces (tests/node), where processes are started with `nsenter` and reached through a
+    relay, and the API server keeps the `kubernetes` Service's endpoints like a real one.
+    """
+
+    address: str = "127.0.0.1"
+    """What etcd and kube-apiserver bind to and advertise."""
+    service_range: str = "10.0.0.0/24"
+    apiserver_flags: tuple[str, ...] = ("--endpoint-reconciler-type=none",)
+    """`--endpoint-reconciler-type=none`: the `kubernetes` Endpoints cannot hold 127.0.0.1."""
+    serving_ips: tuple[str, ...] = ("127.0.0.1",)
+    fixed_ports: Mapping[str, int] = field(default_factory=dict)
+    """etcd, etcd-peer, apiserver: ports to use instead of free ones (a fresh netns has all)."""
+
+    def spawn(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> ManagedProcess:
+        return ManagedProcess(name, argv, log_path, env=env, cwd=cwd)
+
+    def reach(self, port: int, address: str | None = None) -> int:
+        """The port on this machine's 127.0.0.1 that reaches `address:port` (default: the
+        control plane's address)."""
+        return port
+
+    def port(self, role: str) -> int:
+        return self.fixed_ports.get(role) or free_port()
 
 
 @dataclass
@@ -93,24 +131,28 @@ def write_kubeconfig(
     path.chmod(0o600)
 
 
-def start_control_plane(tools: Tools, workdir: Path, stack: contextlib.ExitStack) -> ControlPlane:
+def start_control_plane(
+    tools: Tools, workdir: Path, stack: contextlib.ExitStack, host: Host | None = None
+) -> ControlPlane:
     """Starts etcd and kube-apiserver; every process started is registered on `stack` first."""
+    host = host or Host()
     started = time.monotonic()
     pki = workdir / "pki"
     pki.mkdir(parents=True)
     ca = generate_ca()
     ca_path = pki / "ca.crt"
     ca_path.write_bytes(as_bytes(ca.cert_pem))
-    serving = generate_serving(ca, ["localhost"], ["127.0.0.1"], CERT_DAYS)
+    serving = generate_serving(ca, ["localhost"], list(host.serving_ips), CERT_DAYS)
     (pki / "apiserver.crt").write_bytes(as_bytes(serving.cert_pem))
     (pki / "apiserver.key").write_bytes(as_bytes(serving.key_pem))
     admin_cert, admin_key = client_certificate(ca.cert_pem, ca.key_pem, "admin", ["system:masters"])
     write_service_account_keys(pki / "sa.key", pki / "sa.pub")
 
-    etcd_port, etcd_peer_port, api_port = free_port(), free_port(), free_port()
-    etcd_client_url = f"http://127.0.0.1:{etcd_port}"
-    etcd_peer_url = f"http://127.0.0.1:{etcd_peer_port}"
-    etcd = ManagedProcess(
+    etcd_port, etcd_peer_port = host.port("etcd"), host.port("etcd-peer")
+    api_port = host.port("apiserver")
+    etcd_client_url = f"http://{host.address}:{etcd_port}"
+    etcd_peer_url = f"http://{host.address}:{etcd_peer_port}"
+    etcd = host.spawn(
         "etcd",
         [
             str(tools.etcd),
@@ -130,28 +172,29 @@ def start_control_plane(tools: Tools, workdir: Path, stack: contextlib.ExitStack
 
     def etcd_healthy() -> bool:
         etcd.check_alive()
-        with urllib.request.urlopen(f"{etcd_client_url}/health", timeout=2) as response:
+        url = f"http://127.0.0.1:{host.reach(etcd_port)}/health"
+        with urllib.request.urlopen(url, timeout=2) as response:
             return bool(json.loads(response.read()).get("health") == "true")
 
     wait_until(etcd_healthy, START_TIMEOUT_SECONDS, "etcd /health", on_timeout=etcd.tail)
 
-    apiserver = ManagedProcess(
+    apiserver = host.spawn(
         "kube-apiserver",
         [
             str(tools.kube_apiserver),
             f"--etcd-servers={etcd_client_url}",
-            "--bind-address=127.0.0.1",
+            f"--bind-address={host.address}",
             f"--secure-port={api_port}",
-            "--advertise-address=127.0.0.1",
-            "--endpoint-reconciler-type=none",
+            f"--advertise-address={host.address}",
+            *host.apiserver_flags,
             f"--cert-dir={pki}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
             f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={ca_path}",
-            f"--service-account-issuer=https://127.0.0.1:{api_port}/",
+            f"--service-account-issuer=https://{host.address}:{api_port}/",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
-            "--service-cluster-ip-range=10.0.0.0/24",
+            f"--service-cluster-ip-range={host.service_range}",
             "--authorization-mode=RBAC",
             "--allow-privileged=true",
             "--enable-priority-and-fairness=false",
@@ -167,7 +210,7 @@ def start_control_plane(tools: Tools, workdir: Path, stack: contextlib.ExitStack
     (pki / "admin.key").write_bytes(admin_key)
     context.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
 
-    server = f"https://127.0.0.1:{api_port}"
+    server = f"https://127.0.0.1:{host.reach(api_port)}"
 
     def apiserver_ready() -> bool:
         apiserver.check_alive()

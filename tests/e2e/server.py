@@ -19,8 +19,8 @@ from webhook.certs import KeyPair, generate_serving
 
 from ..pki import as_bytes
 from ..tools import REPO
-from .cluster import https_get
-from .procs import ManagedProcess, free_port, wait_until
+from .cluster import Host, https_get
+from .procs import ManagedProcess, wait_until
 
 START_TIMEOUT_SECONDS = 30
 RELOAD_TIMEOUT_SECONDS = 15
@@ -71,10 +71,11 @@ class SecretVolume:
 
 
 class WebhookServer:
-    """`python -m webhook serve` on 127.0.0.1.
+    """`python -m webhook serve` on 127.0.0.1, or on `address` inside the node of `host`.
 
-    By default its pair comes from the test CA (IP SAN 127.0.0.1) in a `SecretVolume`;
-    `serving=(cert, key)` runs it on files someone else keeps current (the bootstrap)."""
+    By default its pair comes from the test CA (IP SAN: the address; DNS SANs: `dns_names`) in
+    a `SecretVolume`; `serving=(cert, key)` runs it on files someone else keeps current (the
+    bootstrap)."""
 
     def __init__(
         self,
@@ -83,13 +84,21 @@ class WebhookServer:
         kubeconfig: Path,
         serving: tuple[Path, Path] | None = None,
         name: str = "lifecycle-webhook",
+        host: Host | None = None,
+        address: str = "127.0.0.1",
+        dns_names: tuple[str, ...] = ("localhost",),
+        drain_seconds: float = 1,
     ) -> None:
         self.workdir = workdir
         self.ca = ca
         self.kubeconfig = kubeconfig
         self.name = name
-        self.port = free_port()
-        self.metrics_port = free_port()
+        self.host = host or Host()
+        self.address = address
+        self.dns_names = dns_names
+        self.drain_seconds = drain_seconds
+        self.port = self.host.port("webhook")
+        self.metrics_port = self.host.port("webhook-metrics")
         self.volume: SecretVolume | None = None
         if serving is None:
             self.volume = SecretVolume(workdir / f"{name}-tls")
@@ -102,11 +111,11 @@ class WebhookServer:
         self.start_seconds = 0.0
 
     def new_serving_pair(self) -> KeyPair:
-        return generate_serving(self.ca, ["localhost"], ["127.0.0.1"], 2)
+        return generate_serving(self.ca, list(self.dns_names), [self.address], 2)
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}/mutate"
+        return f"https://{self.address}:{self.port}/mutate"
 
     def argv(self) -> list[str]:
         return [
@@ -114,14 +123,14 @@ class WebhookServer:
             "-m",
             "webhook",
             "serve",
-            "--host=127.0.0.1",
+            f"--host={self.address}",
             f"--port={self.port}",
             f"--metrics-port={self.metrics_port}",
             f"--tls-cert={self.cert_path}",
             f"--tls-key={self.key_path}",
             f"--kubeconfig={self.kubeconfig}",
             f"--config={self.config_path}",
-            "--drain-seconds=1",
+            f"--drain-seconds={self.drain_seconds:g}",
         ]
 
     def start(self) -> ManagedProcess:
@@ -129,23 +138,28 @@ class WebhookServer:
         env = dict(os.environ)
         env["POD_NAMESPACE"] = RELEASE_NAMESPACE
         env["PYTHONUNBUFFERED"] = "1"
-        process = ManagedProcess(
+        process = self.host.spawn(
             self.name, self.argv(), self.workdir / f"{self.name}.log", env=env, cwd=REPO
         )
         self.process = process
-        # only "is it up": the tests verify the served certificate themselves
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
 
         def ready() -> bool:
             process.check_alive()
-            status, _ = https_get(f"https://127.0.0.1:{self.port}/readyz", context, timeout=2)
-            return status == 200
+            return self.ready()
 
         wait_until(ready, START_TIMEOUT_SECONDS, f"{self.name} /readyz", on_timeout=process.tail)
         self.start_seconds = time.monotonic() - started
         return process
+
+    def ready(self) -> bool:
+        """GET /readyz answers 200. Any certificate is accepted: this is only "is it up"; the
+        tests verify the served certificate themselves."""
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        port = self.host.reach(self.port, self.address)
+        status, _ = https_get(f"https://127.0.0.1:{port}/readyz", context, timeout=2)
+        return status == 200
 
     def stop(self) -> None:
         if self.process is not None:
@@ -185,7 +199,7 @@ class WebhookServer:
     def metrics(self) -> str:
         import urllib.request
 
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        url = f"http://127.0.0.1:{self.host.reach(self.metrics_port, self.address)}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:
             return str(response.read().decode())
 
