@@ -117,6 +117,12 @@ def start_stream(tls: ssl.SSLSocket) -> None:
     tls.sendall(b"Transfer-Encoding: chunked\r\n\r\n")
 
 
+def silence(tls: ssl.SSLSocket) -> None:
+    """A watch that stays open and says nothing."""
+    start_stream(tls)
+    time.sleep(30)
+
+
 def send_event(tls: ssl.SSLSocket, kind: str, obj: Any) -> None:
     line = json.dumps({"type": kind, "object": obj}).encode() + b"\n"
     tls.sendall(b"%x\r\n" % len(line) + line + b"\r\n")

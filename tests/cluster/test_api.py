@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -90,3 +92,18 @@ def test_a_call_closed_from_another_thread_ends_at_once(fake: Any) -> None:
         call.send()
     assert time.monotonic() - started < 30, "not the read timeout"
     answered.set()
+
+
+def test_the_package_imports_neither_the_server_stack_nor_kubernetes() -> None:
+    """The request path pays neither fastapi's nor the kubernetes client's import (~60 MiB)."""
+    probe = (
+        "import sys\n"
+        "import webhook.cluster.api, webhook.cluster.watch\n"
+        "import webhook.cluster.namespaces, webhook.cluster.services\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'fastapi', 'uvicorn', 'starlette', 'kubernetes'})\n"
+        "print('HEAVY', heavy)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode().splitlines()[-1] == "HEAVY []"

@@ -20,7 +20,7 @@ from webhook.cluster.live import NEEDS_LOOKUP
 from webhook.cluster.namespaces import NamespaceCache, NamespaceInfo, StaticNamespaces
 from webhook.logs import JsonLog
 
-from .fake_api import respond, send_event, start_stream, wait_for
+from .fake_api import is_watch, respond, send_event, silence, start_stream, wait_for
 
 P = "lifecycle-webhook.io/"
 
@@ -31,19 +31,27 @@ def namespace(name: str, version: int, **annotations: str) -> dict[str, Any]:
 
 
 def is_list(path: str) -> bool:
-    return path.startswith("/api/v1/namespaces?") and "watch=1" not in path
+    return path.startswith("/api/v1/namespaces?") and not is_watch(path)
+
+
+def an_empty_cluster(path: str, tls: ssl.SSLSocket) -> bool:
+    """No namespaces and a watch that stays open, silent; False for anything else."""
+    if is_list(path):
+        respond(tls, 200, {"items": [], "metadata": {"resourceVersion": "5"}})
+    elif is_watch(path):
+        silence(tls)
+    else:
+        return False
+    return True
 
 
 def test_a_trickling_live_read_cannot_hold_a_review_past_the_deadline(
     fake: Any, stopped_after: Any
 ) -> None:
     def handler(path: str, tls: ssl.SSLSocket) -> None:
-        if is_list(path):
-            respond(tls, 200, {"items": [], "metadata": {"resourceVersion": "5"}})
-        elif "watch=1" in path:
-            start_stream(tls)
-            time.sleep(30)
-        else:  # each piece inside the per-read timeout, the whole far beyond it
+        if not an_empty_cluster(
+            path, tls
+        ):  # a live read, trickling: each piece in time, the whole not
             body = json.dumps(namespace("new", 6)).encode()
             message = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
             for i in range(0, len(message), 8):
@@ -64,12 +72,7 @@ def test_concurrent_misses_make_one_read_and_a_failure_is_remembered(
     fake: Any, stopped_after: Any
 ) -> None:
     def handler(path: str, tls: ssl.SSLSocket) -> None:
-        if is_list(path):
-            respond(tls, 200, {"items": [], "metadata": {"resourceVersion": "5"}})
-        elif "watch=1" in path:
-            start_stream(tls)
-            time.sleep(30)
-        else:
+        if not an_empty_cluster(path, tls):
             time.sleep(30)  # never answers
 
     server = fake(handler)
@@ -98,7 +101,7 @@ def test_watch_data_wins_over_an_older_live_read(fake: Any, stopped_after: Any) 
     def handler(path: str, tls: ssl.SSLSocket) -> None:
         if is_list(path):
             respond(tls, 200, {"items": [], "metadata": {"resourceVersion": "5"}})
-        elif "watch=1" in path:
+        elif is_watch(path):
             start_stream(tls)
             go.wait(5)
             send_event(tls, "ADDED", namespace("new", 6, **{"prestop-seconds": "1"}))
@@ -129,7 +132,7 @@ def test_watches_that_end_at_once_are_retried_with_backoff(fake: Any, stopped_af
     server = fake(handler)
     stopped_after(NamespaceCache(server.api(), JsonLog("error"))).start()
     time.sleep(2)
-    watches = [p for p in server.paths if "watch=1" in p]
+    watches = [p for p in server.paths if is_watch(p)]
     assert 1 <= len(watches) <= 5, len(watches)
 
 
@@ -184,9 +187,8 @@ def test_the_cache_keeps_our_annotations_and_the_labels_only(fake: Any, stopped_
     def handler(path: str, tls: ssl.SSLSocket) -> None:
         if is_list(path):
             respond(tls, 200, {"items": [shop], "metadata": {"resourceVersion": "5"}})
-        elif "watch=1" in path:
-            start_stream(tls)
-            time.sleep(30)
+        elif is_watch(path):
+            silence(tls)
         else:  # a live read keeps the same
             respond(tls, 200, shop | {"metadata": shop["metadata"] | {"name": "fresh"}})
 
@@ -223,8 +225,7 @@ def test_a_failing_cache_logs_once_and_says_when_it_is_back(
                 tls, 200, {"items": [namespace("shop", 3)], "metadata": {"resourceVersion": "5"}}
             )
         else:
-            start_stream(tls)
-            time.sleep(30)
+            silence(tls)
 
     log_file = tmp_path / "log"
     fd = os.open(log_file, os.O_WRONLY | os.O_CREAT, 0o600)

@@ -17,7 +17,16 @@ import pytest
 from webhook.cluster.watch import Informer
 from webhook.logs import JsonLog
 
-from .fake_api import end_stream, gone, is_watch, respond, send_event, start_stream, wait_for
+from .fake_api import (
+    end_stream,
+    gone,
+    is_watch,
+    respond,
+    send_event,
+    silence,
+    start_stream,
+    wait_for,
+)
 
 PODS = "/api/v1/pods"
 
@@ -61,11 +70,6 @@ def informer(server: Any, stopped_after: Any, **options: Any) -> Informer[Any]:
     made: Informer[Any] = Informer(server.api(), PODS, name="pod", **options)
     stopped_after(made)
     return made.start()
-
-
-def silence(tls: ssl.SSLSocket) -> None:
-    start_stream(tls)
-    time.sleep(30)
 
 
 def test_a_paged_list_follows_its_continue_tokens_then_watches_from_its_version(
@@ -333,32 +337,35 @@ def test_the_store_holds_what_the_transform_keeps_not_the_objects(
     assert peak - before < count * size / 3, f"peak {peak - before} bytes: more than a page"
 
 
-def test_a_failing_callback_is_logged_and_the_watch_goes_on(
+def test_a_failing_transform_or_callback_is_logged_and_the_watch_goes_on(
     fake: Any, stopped_after: Any, tmp_path: Path
 ) -> None:
     def handler(path: str, tls: ssl.SSLSocket) -> None:
         if not is_watch(path):
-            respond(tls, 200, page([], "20"))
+            respond(tls, 200, page([pod("a", 11), {"metadata": {"name": "odd"}}], "20"))
             return
         start_stream(tls)
-        send_event(tls, "ADDED", pod("a", 21))
-        send_event(tls, "ADDED", pod("b", 22))
+        send_event(tls, "ADDED", pod("b", 21))
+        send_event(tls, "ADDED", pod("c", 22))
         time.sleep(30)
 
     def on_add(key: str, value: str) -> None:
-        if key == "shop/a":
+        if key == "shop/b":
             raise ValueError("consumer bug")
 
     log_file = tmp_path / "log"
     fd = os.open(log_file, os.O_WRONLY | os.O_CREAT, 0o600)
     server = fake(handler)
     watched = informer(server, stopped_after, on_add=on_add, log=JsonLog("error", fd=fd))
-    wait_for(lambda: watched.get("shop/b") is not None)
+    wait_for(lambda: watched.get("shop/c") is not None)
     watched.stop()
     os.close(fd)
-    [line] = [json.loads(x) for x in log_file.read_text().splitlines()]
-    assert line["event"] == "pod cache callback failed"
-    assert "ValueError: consumer bug" in line["error"]
+    assert watched.snapshot() == {"shop/a": "app:1", "shop/b": "app:1", "shop/c": "app:1"}
+    lines = [json.loads(x) for x in log_file.read_text().splitlines()]
+    assert [(x["event"], x["error"]) for x in lines] == [
+        ("pod cache transform failed", "KeyError: 'spec'"),
+        ("pod cache callback failed", "ValueError: consumer bug"),
+    ]
 
 
 @pytest.mark.parametrize("where", ["in a silent watch", "in a backoff sleep"])

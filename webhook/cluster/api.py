@@ -165,16 +165,16 @@ class ApiServer:
         self.reached = False
 
     def get(self, path: str, timeout: float, query: Mapping[str, str] | None = None) -> Any:
-        return self.request("GET", path, timeout=timeout, query=query)
+        return _answer(self.call("GET", path, timeout=timeout, query=query))
 
     def create(self, path: str, body: Any, timeout: float = WRITE_TIMEOUT) -> Any:
         """POST: create an object (an Event, a Lease) in the collection at `path`."""
-        return self.request("POST", path, body, timeout=timeout)
+        return _answer(self.call("POST", path, body, timeout=timeout))
 
     def replace(self, path: str, body: Any, timeout: float = WRITE_TIMEOUT) -> Any:
         """PUT: replace the object at `path`; its metadata.resourceVersion makes it conditional
         (409 Conflict when someone wrote in between), as a Lease renewal needs."""
-        return self.request("PUT", path, body, timeout=timeout)
+        return _answer(self.call("PUT", path, body, timeout=timeout))
 
     def patch(
         self,
@@ -186,25 +186,8 @@ class ApiServer:
         """PATCH the object at `path`. A rollout restart is the strategic-merge patch
         {"spec":{"template":{"metadata":{"annotations":{"kubectl.kubernetes.io/restartedAt":
         "<RFC 3339 time>"}}}}}; "json" takes a list of RFC 6902 operations."""
-        return self.request(
-            "PATCH", path, body, timeout=timeout, content_type=PATCH_CONTENT_TYPES[patch_type]
-        )
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        timeout: float,
-        query: Mapping[str, str] | None = None,
-        content_type: str = "application/json",
-    ) -> Any:
-        """Any call with a JSON answer (None for an empty body); `body` is sent as JSON."""
-        with self.call(
-            method, path, body, timeout=timeout, query=query, content_type=content_type
-        ) as call:
-            return call.send().json()
+        content_type = PATCH_CONTENT_TYPES[patch_type]
+        return _answer(self.call("PATCH", path, body, timeout=timeout, content_type=content_type))
 
     def call(
         self,
@@ -216,8 +199,9 @@ class ApiServer:
         query: Mapping[str, str] | None = None,
         content_type: str = "application/json",
     ) -> Call:
-        """The request, not sent yet: for a caller that may need to cut it short from another
-        thread (a watch, a list page), or to read its answer line by line."""
+        """Any request, not sent yet: `with api.call(...) as call: call.send().json()`. For
+        other methods (DELETE), for a caller that may cut it short from another thread (a
+        watch, a list page), or one that reads the answer line by line."""
         target = self.prefix + path + ("?" + urllib.parse.urlencode(query) if query else "")
         data = None if body is None else orjson.dumps(body)
         call = Call(self, method, target, timeout, data)
@@ -227,6 +211,12 @@ class ApiServer:
         if authorization:
             call.headers["Authorization"] = authorization
         return call
+
+
+def _answer(call: Call) -> Any:
+    """The JSON answer of `call` (None for an empty body); the connection is closed after."""
+    with call:
+        return call.send().json()
 
 
 def _status_error(what: str, status: int, body: bytes) -> ApiError:

@@ -9,10 +9,14 @@ resourceVersion, and keeps a store `key -> transform(object)` current on a daemo
   resumed from the last resourceVersion seen, bookmarks included;
 - 410 Gone (the HTTP status, or an ERROR event with code 410) lists again;
 - any other error, and watches that end at once with nothing in them, back off
-  exponentially with jitter (0.5 s doubling to 30 s, ±20 %);
+  exponentially with jitter (0.5 s doubling to 30 s, ±20 %), then retry what failed: a
+  failed list lists again, a failed watch resumes from its resourceVersion (a 10,000-pod
+  relist is not the answer to a dropped connection);
 - `transform(obj)` decides what is kept: return a small immutable value (a tuple, a frozen
   dataclass, a small dict nobody mutates), or None to keep nothing for that object. Whole
-  objects are never stored, so memory is bounded by what the consumer needs;
+  objects are never stored, so memory is bounded by what the consumer needs. A transform
+  or callback that raises is logged ("<name> cache transform failed" / "... callback
+  failed"; the object is then not kept) and the watch goes on;
 - callbacks see every change of a *kept value*, on the informer thread, after the store
   changed: `on_add(key, new)`, `on_update(key, old, new)` (only when old != new),
   `on_delete(key, old)`. A relist is diffed against the previous store, so an object
@@ -321,7 +325,11 @@ class Informer(Generic[T]):
 
     def _put(self, store: dict[str, T], key: str, obj: dict[str, Any]) -> None:
         """What `transform` keeps of `obj` goes into `store`; nothing kept removes the key."""
-        value = self.transform(obj)
+        try:
+            value = self.transform(obj)
+        except Exception as exc:  # a consumer's bug must not stop the list for everyone
+            self._consumer_bug("transform", exc)
+            value = None
         if value is None:
             store.pop(key, None)
         else:
@@ -399,15 +407,17 @@ class Informer(Generic[T]):
             self._notify(self.on_update, key, old, new)
 
     def _notify(self, callback: Callable[..., object] | None, *args: Any) -> None:
-        """A consumer's bug is logged; it must not stop the watch for everyone else."""
         if callback is None:
             return
         try:
             callback(*args)
-        except Exception as exc:
-            self.log.event(
-                f"{self.name} cache callback failed",
-                level="error",
-                error=f"{type(exc).__name__}: {exc}",
-                traceback="".join(traceback.format_exception(exc))[-2000:],
-            )
+        except Exception as exc:  # a consumer's bug must not stop the watch for everyone
+            self._consumer_bug("callback", exc)
+
+    def _consumer_bug(self, what: str, exc: Exception) -> None:
+        self.log.event(
+            f"{self.name} cache {what} failed",
+            level="error",
+            error=f"{type(exc).__name__}: {exc}",
+            traceback="".join(traceback.format_exception(exc))[-2000:],
+        )
