@@ -76,6 +76,8 @@ class Call:
         self.target = target
         self.body = body
         self.headers = {"Accept": "application/json", "User-Agent": "lifecycle-webhook"}
+        self.what = f"{method} {target.split('?', 1)[0]}"
+        """For messages: the method and path, without the query (continue tokens are long)."""
         self._connection = _Connection(api.host, api.port, api.context, timeout, api.server_name)
         self._response: Any = None
         self._closed = False
@@ -83,7 +85,7 @@ class Call:
 
     def send(self) -> Call:
         """Sends the request; raises ApiError unless the answer is a 2xx."""
-        what = f"{self.method} {self.target.split('?', 1)[0]}"
+        what = self.what
         try:
             self._connection.connect()
             with self._lock:
@@ -111,7 +113,7 @@ class Call:
             data = self._response.read()
             return orjson.loads(data) if data else None
         except (OSError, http.client.HTTPException, orjson.JSONDecodeError) as exc:
-            raise ApiError(f"{self.method} {self.target.split('?', 1)[0]}: {exc}") from exc
+            raise ApiError(f"{self.what}: {exc}") from exc
 
     def __iter__(self) -> Iterator[bytes]:
         return (line for line in iter(self._response.readline, b"") if line.strip())
