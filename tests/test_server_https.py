@@ -609,7 +609,7 @@ def test_idle_keep_alive_connection_outlives_uvicorns_default(server: ServerProc
 class BrokenNamespaces:
     """A namespace source with a bug: every lookup raises."""
 
-    def annotations(self, name: str) -> None:
+    def lookup(self, name: str) -> None:
         raise RuntimeError("namespace source bug")
 
     def peek(self, name: str) -> None:
@@ -911,10 +911,11 @@ def test_a_failed_version_read_is_retried_until_the_cluster_answers(
     read that fails at start is retried, and the version found then is used."""
     from webhook import server as server_module
     from webhook.app import ServerState
+    from webhook.cluster.api import ApiError
+    from webhook.cluster.namespaces import StaticNamespaces
     from webhook.core.model import Config
     from webhook.logs import JsonLog
     from webhook.metrics import Metrics
-    from webhook.namespaces import ApiError, StaticNamespaces
 
     monkeypatch.setattr(server_module, "VERSION_RETRY_SECONDS", 0.05)
     answers: list[Any] = [ApiError("down")] * 5 + [{"major": "1", "minor": "29"}]
@@ -962,7 +963,7 @@ def test_in_cluster_connection_uses_the_service_account_and_rereads_its_token(
     """The pod's own API connection: service host/port from env, CA and token from files."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from webhook import namespaces
+    from webhook.cluster import api as cluster_api
 
     pki = Pki(tmp_path / "pki")
     seen: list[str | None] = []
@@ -989,15 +990,15 @@ def test_in_cluster_connection_uses_the_service_account_and_rereads_its_token(
     httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
-        monkeypatch.setattr(namespaces, "SERVICE_ACCOUNT_DIR", account)
+        monkeypatch.setattr(cluster_api, "SERVICE_ACCOUNT_DIR", account)
         monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
         monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(httpd.server_address[1]))
-        api = namespaces.connect(None)
+        api = cluster_api.connect(None)
         assert api is not None
-        assert namespaces.detect_cluster_version(api) == (1, 31)
+        assert cluster_api.detect_cluster_version(api) == (1, 31)
         (account / "token").write_text("rotated-token")
-        assert namespaces.detect_cluster_version(api) == (1, 31)
-        with pytest.raises(namespaces.ApiError) as missing:
+        assert cluster_api.detect_cluster_version(api) == (1, 31)
+        with pytest.raises(cluster_api.ApiError) as missing:
             api.get("/api/v1/namespaces/nope", 2)
         assert missing.value.status == 404
     finally:

@@ -10,7 +10,7 @@ a bug never becomes a denial.
 from __future__ import annotations
 
 import traceback
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
@@ -26,10 +26,11 @@ from webhook.admission import (
     build_response,
     parse_review,
 )
+from webhook.cluster.live import Lookup
+from webhook.cluster.namespaces import NamespaceInfo, NamespaceSource
 from webhook.core.model import NEWEST_KNOWN_VERSION, Config, Mutation, Settings
 from webhook.logs import JsonLog
 from webhook.metrics import Metrics
-from webhook.namespaces import Lookup, NamespaceSource
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -101,13 +102,13 @@ NAMESPACE_READ_DEADLINE = 0.75
 2 s the chart gives the API server's call to us (timeoutSeconds)."""
 
 
-async def _read_namespace(source: NamespaceSource, name: str) -> Mapping[str, str] | None:
+async def _read_namespace(source: NamespaceSource, name: str) -> NamespaceInfo | None:
     """A live read off the event loop; past the deadline, "could not be read" (a warning)."""
     import anyio
     from anyio import to_thread
 
     with anyio.move_on_after(NAMESPACE_READ_DEADLINE):
-        return await to_thread.run_sync(source.annotations, name, abandon_on_cancel=True)
+        return await to_thread.run_sync(source.lookup, name, abandon_on_cancel=True)
     return None
 
 
@@ -243,15 +244,15 @@ class MutateEndpoint:
         state = self.state
         source = state.namespaces
         peeked = source.peek(review.namespace)
-        annotations: Mapping[str, str] | None
+        info: NamespaceInfo | None
         if isinstance(peeked, Lookup):
-            annotations = await _read_namespace(source, review.namespace)
+            info = await _read_namespace(source, review.namespace)
         else:
-            annotations = peeked
+            info = peeked
         settings = Settings(
             config=state.config,
             namespace=review.namespace,
-            namespace_annotations=annotations,
+            namespace_annotations=info.annotations if info is not None else None,
             cluster_version=state.cluster_version,
         )
         mutation = self.mutate(review.pod, settings)

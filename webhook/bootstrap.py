@@ -384,7 +384,7 @@ def run_certs_bootstrap(args: argparse.Namespace) -> int:
     except ValueError as exc:
         log.event("certs bootstrap: bad arguments", level="error", error=str(exc))
         return 2
-    from webhook.namespaces import ClusterConfigError, load_api_client
+    from webhook.cluster.api import ClusterConfigError, load_api_client
 
     try:
         api_client = load_api_client(args.kubeconfig)

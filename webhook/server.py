@@ -26,7 +26,7 @@ from webhook.logs import LEVELS, JsonLog, bridge_stdlib_logging
 
 if TYPE_CHECKING:
     from webhook.app import ServerState
-    from webhook.namespaces import ApiServer
+    from webhook.cluster.api import ApiServer
 
 DEFAULT_PORT = 8443
 DEFAULT_METRICS_PORT = 9090
@@ -254,15 +254,10 @@ def _serve(
     key_file: str,
 ) -> int:
     from webhook.app import ServerState
+    from webhook.cluster.api import ClusterConfigError, connect
+    from webhook.cluster.namespaces import NamespaceCache, NamespaceSource, StaticNamespaces
     from webhook.config_file import ConfigWatcher
     from webhook.metrics import Metrics, serve_metrics
-    from webhook.namespaces import (
-        ClusterConfigError,
-        KubeNamespaces,
-        NamespaceSource,
-        StaticNamespaces,
-        connect,
-    )
     from webhook.tls import CertificateReloader, TLSFilesError
 
     metrics = Metrics()
@@ -290,7 +285,7 @@ def _serve(
             effect="namespace annotations are not read; pods get config-file and pod settings",
         )
     else:
-        namespaces = KubeNamespaces(api, log)
+        namespaces = NamespaceCache(api, log)
         after_listening.append(namespaces.start)
 
     state = ServerState(
@@ -377,7 +372,7 @@ def _resolve_cluster_version(
         Assuming the newest version on an old cluster makes sleep hooks the API server
         rejects, so one failed read at start must not decide for the life of the process.
         """
-        from webhook.namespaces import detect_cluster_version
+        from webhook.cluster.api import detect_cluster_version
 
         version = None
         for attempt in range(VERSION_ATTEMPTS_AT_START):

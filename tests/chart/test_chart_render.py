@@ -17,6 +17,7 @@ from webhook.app import ServerState, create_app
 from webhook.bootstrap import add_certs_bootstrap_arguments
 from webhook.certs import generate_ca, service_dns_names
 from webhook.cli import build_parser
+from webhook.cluster.namespaces import StaticNamespaces
 from webhook.core import parse_config
 from webhook.core.model import (
     DEFAULT_EXCLUDED_NAMESPACES,
@@ -27,7 +28,6 @@ from webhook.core.model import (
 )
 from webhook.logs import JsonLog
 from webhook.metrics import Metrics
-from webhook.namespaces import StaticNamespaces
 
 from .conftest import (
     NAMESPACE,

@@ -29,11 +29,11 @@ from tests.golden import harness
 from tests.golden.regenerate import regenerate
 from webhook import cli
 from webhook.app import ServerState, create_app
+from webhook.cluster.namespaces import StaticNamespaces
 from webhook.core import mutate
 from webhook.logs import JsonLog
 from webhook.manifests import load_documents, pod_sites
 from webhook.metrics import Metrics
-from webhook.namespaces import StaticNamespaces
 
 CASES = harness.discover()
 MUTATED_CASES = [case for case in CASES if not case.output(harness.DENIED).exists()]
