@@ -21,8 +21,9 @@ venv: $(STAMP) ## create .venv with the webhook and its test tools
 run: $(STAMP) ## run the webhook on https://127.0.0.1:8443 with throwaway self-signed certificates
 	$(BIN)/lifecycle-webhook serve --host 127.0.0.1
 
-tools: ## build (or reuse from the cache) kube-apiserver, kubectl, etcd, helm and the node binaries
+tools: $(STAMP) ## build (or reuse from the cache) kube-apiserver, kubectl, etcd, helm, the node binaries and images
 	bash hack/build-test-tools.sh all node
+	$(BIN)/python -m tests.node.images
 
 lint: $(STAMP) ## ruff and mypy (strict on the core)
 	$(BIN)/ruff check webhook tests bench

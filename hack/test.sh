@@ -23,8 +23,10 @@ else
   echo "go not found: the chart and end-to-end tests will be skipped (they say why)"
 fi
 
-echo "== node packages (containerd, runc, CNI plugins, iptables, conntrack, busybox)"
-if ! bash hack/node-deps.sh; then
+echo "== node packages (containerd, runc, CNI plugins, iptables, conntrack, busybox) and images"
+if bash hack/node-deps.sh; then
+  "$bin/python" -m tests.node.images >/dev/null
+else
   if [ "${CI:-}" = "true" ]; then
     echo "the node suite's packages could not be installed" >&2
     exit 1

@@ -9,6 +9,7 @@ from collections.abc import Generator, Iterator
 
 import pytest
 
+from ..session_report import attach_logs, write_timings
 from ..tools import BUILD_TIMEOUT_SECONDS
 from . import session as e2e_session
 from .kube import INJECT
@@ -65,8 +66,7 @@ def pytest_runtest_makereport(
     report = yield
     env = _state.get("env")
     if report.failed and isinstance(env, E2E) and item.get_closest_marker("e2e"):
-        for process in env.processes():
-            report.sections.append((f"log: {process.name}", process.tail(6000)))
+        attach_logs(report, env.processes(), 6000)
     return report
 
 
@@ -74,11 +74,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     env = _state.get("env")
     if not isinstance(env, E2E):
         return
-    lines = [f"{what}: {seconds:.1f}s" for what, seconds in env.timings.items()]
-    started, finished = _state.get("started"), _state.get("finished")
-    if isinstance(started, float) and isinstance(finished, float):
-        lines.append(f"scenarios (after setup): {finished - started:.1f}s")
-    terminalreporter.write_sep("-", "e2e timings")
-    for line in lines:
-        terminalreporter.write_line(line)
-    terminalreporter.write_line(f"logs and certificates: {env.workdir}")
+    write_timings(
+        terminalreporter,
+        "e2e timings",
+        env.timings,
+        _state.get("started"),
+        _state.get("finished"),
+        [f"logs and certificates: {env.workdir}"],
+    )

@@ -59,6 +59,20 @@ def wait_until(
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}{detail}{extra}")
 
 
+def run_checked(
+    argv: Sequence[str], timeout: float, check: bool = True, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """subprocess.run with text output; with `check`, a non-zero exit raises with its output."""
+    result = subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, check=False, input=input
+    )
+    if check and result.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(argv)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
 class ManagedProcess:
     """One child process whose stdout and stderr go to `log_path`."""
 

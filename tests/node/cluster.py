@@ -13,7 +13,6 @@ import contextlib
 import http.client
 import json
 import os
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ import yaml
 
 from ..e2e.cluster import ControlPlane, Host, start_control_plane, write_kubeconfig
 from ..e2e.kube import Kube
-from ..e2e.procs import ManagedProcess, wait_until
+from ..e2e.procs import ManagedProcess, run_checked, wait_until
 from ..tools import Tools
 from .images import Images
 from .sandbox import NODE_ADDRESS, POD_RANGE, SERVICE_RANGE, Relay, Sandbox, remove_cgroups
@@ -35,6 +34,8 @@ WEBHOOK_METRICS_PORT = 9090
 CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
 KUBERNETES_SERVICE_IP = "10.96.0.1"
 READY_TIMEOUT_SECONDS = 120
+CGROUP_PREFIX = "lwnode-"
+"""The kubelet's --cgroup-root is /lwnode-<pytest's PID>, so a stale one can be recognised."""
 CGROUP_HIERARCHIES = (
     "blkio",
     "cpu",
@@ -91,18 +92,8 @@ class Node:
         return self.plane.kube
 
     def kubectl(self, *argv: str, timeout: float = 120, check: bool = True) -> str:
-        result = subprocess.run(
-            [str(self.tools.kubectl), f"--kubeconfig={self.plane.kubeconfig}", *argv],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if check and result.returncode != 0:
-            raise RuntimeError(
-                f"kubectl {' '.join(argv)} exited {result.returncode}:\n{result.stderr}"
-            )
-        return result.stdout
+        kubectl = [str(self.tools.kubectl), f"--kubeconfig={self.plane.kubeconfig}"]
+        return run_checked([*kubectl, *argv], timeout, check).stdout
 
     def http_get(self, host: str, port: int, path: str, timeout: float = 5) -> tuple[int, str]:
         """Plain HTTP GET to an address inside the node."""
@@ -125,7 +116,8 @@ def start_node(tools: Tools, images: Images, workdir: Path, stack: contextlib.Ex
     timings: dict[str, float] = {}
     started = time.monotonic()
     sandbox = Sandbox(workdir, images.pause_binary)
-    cgroup_root = f"/lwnode-{os.getpid()}"
+    _remove_stale_cgroups()
+    cgroup_root = f"{CGROUP_PREFIX}{os.getpid()}"
     stack.callback(_remove_cgroups, cgroup_root)
     stack.callback(sandbox.stop)
     sandbox.start()
@@ -230,6 +222,16 @@ def start_node(tools: Tools, images: Images, workdir: Path, stack: contextlib.Ex
     timings["kube-proxy synced"] = time.monotonic() - mark
     timings["node total"] = time.monotonic() - started
     return Node(workdir, tools, sandbox, host, plane, inside, timings)
+
+
+def _remove_stale_cgroups() -> None:
+    """Cgroups of an earlier run whose pytest was killed before its teardown (its processes
+    died with it: they were all in the node's PID namespace)."""
+    memory = Path("/sys/fs/cgroup/memory")
+    for path in memory.glob(f"{CGROUP_PREFIX}*") if memory.is_dir() else []:
+        pid = path.name.removeprefix(CGROUP_PREFIX)
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            remove_cgroups(f"/{path.name}", attempts=1)
 
 
 def _remove_cgroups(root: str) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from ..session_report import attach_logs, write_timings
 from ..tools import BUILD_TIMEOUT_SECONDS, build_tools, skip_or_fail
 from .cluster import Node, start_node
 from .images import build_images
@@ -99,8 +100,7 @@ def pytest_runtest_makereport(
     report = yield
     env = _state.get("env")
     if report.failed and isinstance(env, NodeEnv) and item.get_closest_marker("node"):
-        for process in env.node.processes():
-            report.sections.append((f"log: {process.name}", process.tail(4000)))
+        attach_logs(report, env.node.processes(), 4000)
     return report
 
 
@@ -108,12 +108,14 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     env = _state.get("env")
     if not isinstance(env, NodeEnv):
         return
-    terminalreporter.write_sep("-", "node timings and figures")
-    for what, seconds in env.node.timings.items():
-        terminalreporter.write_line(f"{what}: {seconds:.1f}s")
-    started, finished = _state.get("started"), _state.get("finished")
-    if isinstance(started, float) and isinstance(finished, float):
-        terminalreporter.write_line(f"scenarios (after setup): {finished - started:.1f}s")
-    for what, figure in env.figures.items():
-        terminalreporter.write_line(f"{what}: {figure}")
-    terminalreporter.write_line(f"logs: {env.node.workdir}")
+    write_timings(
+        terminalreporter,
+        "node timings and figures",
+        env.node.timings,
+        _state.get("started"),
+        _state.get("finished"),
+        [
+            *(f"{what}: {figure}" for what, figure in env.figures.items()),
+            f"logs: {env.node.workdir}",
+        ],
+    )

@@ -134,3 +134,8 @@ def write_archive(
             info = tarfile.TarInfo(name)
             info.size, info.mode = len(data), 0o644
             archive.addfile(info, io.BytesIO(data))
+
+
+if __name__ == "__main__":
+    # `python -m tests.node.images`: build (or reuse) them and print where they are.
+    print(build_images().pause_binary.parent)

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from ..e2e.procs import ManagedProcess, wait_until
+from ..e2e.procs import ManagedProcess, run_checked, wait_until
 
 CLONE_NEWNET = 0x40000000
 NODE_ADDRESS = "10.200.0.1"
@@ -173,19 +173,7 @@ class Sandbox:
     def run(
         self, argv: Sequence[str], check: bool = True, timeout: float = 60, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            self.enter(argv),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            input=input,
-        )
-        if check and result.returncode != 0:
-            raise RuntimeError(
-                f"{' '.join(argv)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
-            )
-        return result
+        return run_checked(self.enter(argv), timeout, check, input)
 
     # -- the network inside --------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import datetime
 import functools
 import re
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -63,32 +64,24 @@ def gone(kube: Kube, namespace: str, name: str) -> bool:
 
 
 def run_and_delete(node: NodeEnv, namespace: str, pods: list[Obj]) -> dict[str, float]:
-    """Creates `pods`, waits until every container runs and has logged START, deletes each
-    (noting /proc/uptime just before its DELETE) and waits until they are gone."""
+    """Creates `pods`, waits until every container runs, deletes each (noting /proc/uptime
+    just before its DELETE) and waits until they are gone."""
     kube = node.node.kube
+    names = [pod["metadata"]["name"] for pod in pods]
+
+    def wait_for_each(state: Callable[[Kube, str, str], bool], timeout: float) -> None:
+        for name in names:
+            check = functools.partial(state, kube, namespace, name)
+            wait_until(check, timeout, f"pod {name} {state.__name__}", interval=0.5)
+
     for pod in pods:
         kube.create_pod(namespace, pod)
-    for pod in pods:
-        name = pod["metadata"]["name"]
-        wait_until(
-            functools.partial(running, kube, namespace, name),
-            START_TIMEOUT_SECONDS,
-            f"pod {name} running",
-            interval=0.5,
-        )
+    wait_for_each(running, START_TIMEOUT_SECONDS)
     deleted = {}
-    for pod in pods:
-        name = pod["metadata"]["name"]
+    for name in names:
         deleted[name] = uptime()
         kube.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}")
-    for pod in pods:
-        name = pod["metadata"]["name"]
-        wait_until(
-            functools.partial(gone, kube, namespace, name),
-            STOP_TIMEOUT_SECONDS,
-            f"pod {name} gone",
-            interval=0.5,
-        )
+    wait_for_each(gone, STOP_TIMEOUT_SECONDS)
     return deleted
 
 

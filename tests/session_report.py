@@ -1,0 +1,35 @@
+"""What the suites with long-lived processes (e2e, node) add to pytest's report: the
+processes' logs under a failed test, and their timings at the end of the session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import pytest
+
+from .e2e.procs import ManagedProcess
+
+
+def attach_logs(
+    report: pytest.TestReport, processes: Iterable[ManagedProcess], max_bytes: int
+) -> None:
+    for process in processes:
+        report.sections.append((f"log: {process.name}", process.tail(max_bytes)))
+
+
+def write_timings(
+    terminalreporter: pytest.TerminalReporter,
+    title: str,
+    timings: Mapping[str, float],
+    started: object,
+    finished: object,
+    footer: Iterable[str],
+) -> None:
+    """`started`/`finished`: monotonic times around the scenarios, when both were reached."""
+    terminalreporter.write_sep("-", title)
+    for what, seconds in timings.items():
+        terminalreporter.write_line(f"{what}: {seconds:.1f}s")
+    if isinstance(started, float) and isinstance(finished, float):
+        terminalreporter.write_line(f"scenarios (after setup): {finished - started:.1f}s")
+    for line in footer:
+        terminalreporter.write_line(line)
