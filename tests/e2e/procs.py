@@ -60,11 +60,15 @@ def wait_until(
 
 
 def run_checked(
-    argv: Sequence[str], timeout: float, check: bool = True, input: str | None = None
+    argv: Sequence[str],
+    timeout: float,
+    check: bool = True,
+    input: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """subprocess.run with text output; with `check`, a non-zero exit raises with its output."""
     result = subprocess.run(
-        argv, capture_output=True, text=True, timeout=timeout, check=False, input=input
+        argv, capture_output=True, text=True, timeout=timeout, check=False, input=input, env=env
     )
     if check and result.returncode != 0:
         raise RuntimeError(

@@ -17,6 +17,8 @@ import os
 import shutil
 import subprocess
 import tarfile
+import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,53 +89,74 @@ def build_images() -> Images:
 def write_archive(
     path: Path,
     reference: str,
-    files: dict[str, tuple[bytes, int]],
-    symlinks: dict[str, str],
+    files: Mapping[str, tuple[bytes | Path, int]],
+    symlinks: Mapping[str, str],
     entrypoint: list[str] | None,
+    env: list[str] | None = None,
+    user: str = "",
+    directories: list[str] | None = None,
+    command: list[str] | None = None,
 ) -> None:
-    """A one-layer docker-archive image: reproducible (root-owned, mtime 0, sorted)."""
-    layer_buffer = io.BytesIO()
-    with tarfile.open(fileobj=layer_buffer, mode="w", format=tarfile.PAX_FORMAT) as layer:
-        directories = sorted({str(Path(name).parent) for name in [*files, *symlinks]} - {"."})
-        for name in directories:
-            info = tarfile.TarInfo(name)
-            info.type, info.mode = tarfile.DIRTYPE, 0o755
-            layer.addfile(info)
-        for name, (data, mode) in sorted(files.items()):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), mode
-            layer.addfile(info, io.BytesIO(data))
-        for name, target in sorted(symlinks.items()):
-            info = tarfile.TarInfo(name)
-            info.type, info.linkname, info.mode = tarfile.SYMTYPE, target, 0o777
-            layer.addfile(info)
-    layer_bytes = layer_buffer.getvalue()
-    diff_id = hashlib.sha256(layer_bytes).hexdigest()
-    config = {
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {
-            "Entrypoint": entrypoint,
-            "Env": ["PATH=/bin"],
-            "WorkingDir": "/",
-        },
-        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff_id}"]},
-        "history": [{"created_by": "tests/node/images.py"}],
-    }
-    config_bytes = json.dumps(config, sort_keys=True).encode()
-    config_name = hashlib.sha256(config_bytes).hexdigest() + ".json"
-    manifest = [
-        {"Config": config_name, "RepoTags": [reference], "Layers": [f"{diff_id}/layer.tar"]}
-    ]
-    with tarfile.open(path, "w") as archive:
-        for name, data in (
-            (config_name, config_bytes),
-            (f"{diff_id}/layer.tar", layer_bytes),
-            ("manifest.json", json.dumps(manifest).encode()),
-        ):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o644
-            archive.addfile(info, io.BytesIO(data))
+    """A one-layer docker-archive image, root-owned and sorted. Contents given as bytes get
+    mtime 0; files copied from disk keep theirs, so their bytecode caches stay valid."""
+    with tempfile.TemporaryFile() as layer_file:
+        with tarfile.open(fileobj=layer_file, mode="w", format=tarfile.PAX_FORMAT) as layer:
+            names = [*files, *symlinks, *(directories or [])]
+            parents = {str(parent) for name in names for parent in Path(name).parents}
+            for name in sorted((parents | set(directories or [])) - {"."}):
+                info = tarfile.TarInfo(name)
+                info.type, info.mode = tarfile.DIRTYPE, 0o1777 if name == "tmp" else 0o755
+                layer.addfile(info)
+            for name, (source, mode) in sorted(files.items()):
+                info = tarfile.TarInfo(name)
+                info.mode = mode
+                if isinstance(source, Path):
+                    stat = source.stat()
+                    info.size, info.mtime = stat.st_size, int(stat.st_mtime)
+                    with source.open("rb") as handle:
+                        layer.addfile(info, handle)
+                else:
+                    info.size = len(source)
+                    layer.addfile(info, io.BytesIO(source))
+            for name, target in sorted(symlinks.items()):
+                info = tarfile.TarInfo(name)
+                info.type, info.linkname, info.mode = tarfile.SYMTYPE, target, 0o777
+                layer.addfile(info)
+        layer_file.seek(0)
+        digest = hashlib.sha256()
+        while chunk := layer_file.read(1 << 20):
+            digest.update(chunk)
+        diff_id = digest.hexdigest()
+        config = {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {
+                "Entrypoint": entrypoint,
+                "Cmd": command,
+                "Env": env or ["PATH=/bin"],
+                "User": user,
+                "WorkingDir": "/",
+            },
+            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff_id}"]},
+            "history": [{"created_by": "tests/node/images.py"}],
+        }
+        config_bytes = json.dumps(config, sort_keys=True).encode()
+        config_name = hashlib.sha256(config_bytes).hexdigest() + ".json"
+        manifest = [
+            {"Config": config_name, "RepoTags": [reference], "Layers": [f"{diff_id}/layer.tar"]}
+        ]
+        with tarfile.open(path, "w") as archive:
+            for name, data in (
+                (config_name, config_bytes),
+                ("manifest.json", json.dumps(manifest).encode()),
+            ):
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(data), 0o644
+                archive.addfile(info, io.BytesIO(data))
+            info = tarfile.TarInfo(f"{diff_id}/layer.tar")
+            info.size, info.mode = layer_file.tell(), 0o644
+            layer_file.seek(0)
+            archive.addfile(info, layer_file)
 
 
 if __name__ == "__main__":

@@ -108,6 +108,11 @@ class NodeWebhooks:
                 interval=0.5,
             )
 
+    def unregister(self) -> None:
+        """Removes the configuration (the chart test installs its own)."""
+        self.kube.delete_mutating_webhook_configuration(self.configuration["metadata"]["name"])
+        self.failure_policy = None
+
     def mutates(self) -> bool:
         """A dry-run pod in an injected namespace comes back mutated."""
         try:

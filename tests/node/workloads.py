@@ -7,11 +7,13 @@ containers and in the test, so "SIGTERM 5.02 s after the delete" is measured, no
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
-from ..e2e.kube import Obj
+from ..e2e.kube import ApiError, Kube, Obj, is_mutated, make_pod, unique_name
 from .images import APP_IMAGE
 
 LOG_VOLUME = "events"
@@ -159,3 +161,71 @@ def cluster_ip_service(name: str, labels: dict[str, str]) -> Obj:
             "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
         },
     }
+
+
+def app_pod(name: str, node_name: str | None = None) -> Obj:
+    """A pod that sleeps and exits at once on SIGTERM."""
+    pod = make_pod(
+        name,
+        containers=[
+            {
+                "name": "app",
+                "image": APP_IMAGE,
+                "imagePullPolicy": "Never",
+                "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"],
+            }
+        ],
+        automountServiceAccountToken=False,
+    )
+    if node_name:
+        pod["spec"]["nodeName"] = node_name
+    return pod
+
+
+@dataclass
+class PodCreator:
+    """Creates pods in `namespace` one after another, every `interval` seconds, on a thread,
+    while the webhook behind `failurePolicy: Fail` is being restarted or upgraded.
+
+    They are bound to a node that does not exist: stored through the whole admission chain,
+    never started, so hundreds of them cost the node nothing. Each create's outcome is kept:
+    None when the stored pod is mutated, else why not (an error, or "created unmutated").
+    """
+
+    kube: Kube
+    namespace: str
+    interval: float = 0.05
+    outcomes: list[tuple[str, str | None]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            name = unique_name("during")
+            try:
+                pod = self.kube.create_pod(
+                    self.namespace, app_pod(name, node_name="elsewhere"), timeout=15
+                ).body
+                self.outcomes.append((name, None if is_mutated(pod) else "created unmutated"))
+            except ApiError as exc:
+                self.outcomes.append((name, exc.message[:300] or str(exc)[:300]))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PodCreator:
+        self._thread = threading.Thread(target=self._run, name="pod-creator", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    @property
+    def failed(self) -> list[tuple[str, str]]:
+        return [(name, why) for name, why in self.outcomes if why is not None]
