@@ -25,6 +25,8 @@ processes gives each its own `Listener` on the shared (or SO_REUSEPORT) sockets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import socket
 import ssl
 import struct
@@ -56,6 +58,7 @@ ACCEPT_BATCH = 32
 TLS_SHUTDOWN_SECONDS = 5.0
 """How long a closing TLS connection may take to flush and exchange close_notify (uvloop: 30)."""
 LISTEN_BACKLOG = 1024
+TRIM_AFTER_CLOSING = 200
 _RESET = struct.pack("ii", 1, 0)
 """SO_LINGER on, 0 s: close() sends a RST and leaves no TIME_WAIT behind."""
 
@@ -129,6 +132,8 @@ class Listener:
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
         self._accept_paused = False
+        self._high_water = 0
+        """Most connections open since memory was last handed back (see `_trim`)."""
         self._shortest = min(limits.handshake_seconds, limits.head_seconds, limits.body_seconds)
         metrics.open_connections.set_function(lambda: self.open)
         metrics.handshakes_in_progress.set_function(lambda: len(self.handshakes))
@@ -291,8 +296,20 @@ class Listener:
                     expired.append(connection)
         for connection in expired:
             self._close(connection, f"{connection.stage}_timeout", polite=True)
+        self._trim()
         if not self._closed:
             self._sweeper = self._loop.call_later(SWEEP_SECONDS, self._sweep)
+
+    def _trim(self) -> None:
+        """After many connections closed, hand their freed memory back to the kernel.
+
+        glibc keeps freed heap pages resident; after a wave of slow clients the holes would
+        stay at the wave's high-water mark and the next wave would add to it.
+        """
+        self._high_water = max(self._high_water, self.open)
+        if self._high_water - self.open >= TRIM_AFTER_CLOSING and self.open < self._high_water // 2:
+            _malloc_trim()
+            self._high_water = self.open
 
     def _close(self, connection: Connection, reason: str, polite: bool) -> None:
         self.metrics.connections_closed.labels(reason).inc()
@@ -339,11 +356,24 @@ class Listener:
         return not self._closed
 
 
+def _malloc_trim() -> None:
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL("libc.so.6")
+            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):  # not glibc: nothing to trim this way
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)
+
+
+_libc: Any = None
+
+
 def _reset(sock: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
-    except OSError:
-        pass
     sock.close()
 
 

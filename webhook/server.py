@@ -62,13 +62,13 @@ def listening_sockets(host: str, port: int) -> list[socket.socket]:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
     try:
-        for family, kind, proto, _, address in dict.fromkeys(infos):
+        for family, kind, proto, _, resolved in dict.fromkeys(infos):
             sock = socket.socket(family, kind, proto)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if sockets:  # --port 0: every address gets the port the first one got
-                address = (address[0], sockets[0].getsockname()[1], *address[2:])
-            sockets.append(_bound(sock, address))
+                resolved = (resolved[0], sockets[0].getsockname()[1], *resolved[2:])
+            sockets.append(_bound(sock, resolved))
     except OSError:
         for sock in sockets:
             sock.close()
@@ -485,7 +485,7 @@ def _build_server(
                 self.config, self.server_state, self.lifespan.state, listener
             )
             listener.start(asyncio.get_running_loop())
-            self.servers = [listener]
+            self.servers = [listener]  # type: ignore[list-item]  # closes like asyncio.Server
             self.started = True
             port = sockets[0].getsockname()[1]
             for start in after_listening:
