@@ -255,7 +255,7 @@ def test_a_review_older_than_its_timeout_is_shed_not_reviewed() -> None:
         async def send(message: dict[str, Any]) -> None:
             sent.append(message)
 
-        await app(scope, receive, send)
+        await app(scope, receive, send)  # type: ignore[arg-type]
         return sent[0]["status"], orjson.loads(sent[1]["body"])
 
     async def calls() -> list[tuple[int, dict[str, Any]]]:
