@@ -6,12 +6,13 @@ client that stops halfway therefore holds memory forever: a handshake in progres
 of OpenSSL state, a finished TLS connection ~25 KiB, uvicorn's protocol ~4 KiB more (measured
 on this machine with 3,000 connections). So this module accepts the connections itself:
 
-- at most `max_connections` per process, whatever their state, and a quarter of them in a TLS
-  handshake (the costliest state); at either cap a newcomer first evicts the connection that
-  has waited longest for its client (a handshake, a request head or body not finished, or an
-  idle keep-alive connection; for the handshake cap, the oldest handshake) if that one has
-  waited over `EVICT_AFTER_SECONDS`; otherwise it is reset at once, before any TLS work, and
-  counted;
+- at most `max_connections` per process, whatever their state; at the cap a newcomer first
+  evicts the connection that has waited longest for its client (a handshake, a request head
+  or body not finished, or an idle keep-alive connection) if that one has waited over
+  `EVICT_AFTER_SECONDS`; otherwise it is reset at once, before any TLS work, and counted;
+- at most a quarter of them in a TLS handshake (the costliest state); a newcomer beyond that
+  evicts the oldest handshake if it is that old, or else waits unread (a socket, no TLS state)
+  for a slot: a real client's handshake takes milliseconds, so slots come free at once;
 - a deadline per stage: the TLS handshake (from accept), the request head (from the handshake
   or the request's first byte), the body (from the end of the head). Past it the connection is
   closed (408 when part of a request came) and counted. Idle keep-alive connections keep
@@ -62,7 +63,8 @@ TRIM_AFTER_CLOSING = 200
 _RESET = struct.pack("ii", 1, 0)
 """SO_LINGER on, 0 s: close() sends a RST and leaves no TIME_WAIT behind."""
 
-HANDSHAKE, HEAD, BODY, BUSY, IDLE, CLOSING = "handshake", "head", "body", "busy", "idle", "closing"
+QUEUED, HANDSHAKE, HEAD, BODY = "queued", "handshake", "head", "body"
+BUSY, IDLE, CLOSING = "busy", "idle", "closing"
 WAITING_FOR_CLIENT = (HANDSHAKE, HEAD, BODY)
 
 
@@ -76,7 +78,7 @@ class Limits:
     body_seconds: float = DEFAULT_STAGE_SECONDS
 
     def deadline(self, stage: str) -> float:
-        if stage == HANDSHAKE:
+        if stage in (QUEUED, HANDSHAKE):
             return self.handshake_seconds
         return self.head_seconds if stage == HEAD else self.body_seconds
 
@@ -84,7 +86,7 @@ class Limits:
 class Connection:
     """One accepted connection: its stage and since when (loop time) it is in it."""
 
-    __slots__ = ("partial", "protocol", "since", "stage", "task")
+    __slots__ = ("partial", "protocol", "since", "sock", "stage", "task")
 
     def __init__(self, since: float) -> None:
         self.stage = HANDSHAKE
@@ -92,6 +94,8 @@ class Connection:
         self.partial = False
         """Part of a request has arrived: a timeout answers 408 before closing."""
         self.protocol: HttpToolsProtocol | None = None
+        self.sock: socket.socket | None = None
+        """Only while queued for a handshake slot."""
         self.task: asyncio.Task[Any] | None = None
 
 
@@ -124,6 +128,8 @@ class Listener:
         self.max_handshakes = max(1, limits.max_connections // HANDSHAKE_SHARE)
         self.handshakes: OrderedDict[Connection, None] = OrderedDict()
         """Connections in their TLS handshake, oldest first."""
+        self.queued: OrderedDict[Connection, None] = OrderedDict()
+        """Accepted, waiting unread (cheap: a socket) for a handshake slot, oldest first."""
         self.waiting: OrderedDict[Connection, None] = OrderedDict()
         """Connections waiting for a request's head or body, oldest stage first."""
         self.idle: OrderedDict[Connection, None] = OrderedDict()
@@ -157,9 +163,7 @@ class Listener:
             except OSError as exc:  # EMFILE, ENFILE, ENOBUFS: out of descriptors or memory
                 self._pause_accepting(exc)
                 return
-            if (self.open >= self.limits.max_connections and not self._evict_one()) or (
-                len(self.handshakes) >= self.max_handshakes and not self._evict_handshake()
-            ):
+            if self.open >= self.limits.max_connections and not self._evict_one():
                 self.metrics.connections_refused.inc()
                 _reset(sock)
                 continue
@@ -183,12 +187,30 @@ class Listener:
         self._loop.call_later(0.1, resume)
 
     def _start(self, sock: socket.socket) -> None:
+        """Start TLS, or queue the socket unread while the handshake slots are all taken."""
         assert self._loop is not None
         sock.setblocking(False)
         connection = Connection(self._loop.time())
         self.open += 1
+        if len(self.handshakes) < self.max_handshakes or self._evict_handshake():
+            self._begin_tls(connection, sock)
+        else:
+            connection.stage, connection.sock = QUEUED, sock
+            self.queued[connection] = None
+
+    def _begin_tls(self, connection: Connection, sock: socket.socket) -> None:
+        assert self._loop is not None
+        connection.stage = HANDSHAKE
         self.handshakes[connection] = None
         connection.task = self._loop.create_task(self._handshake(connection, sock))
+
+    def _next_handshakes(self) -> None:
+        """A handshake slot came free: start the longest-queued connection's TLS."""
+        while self.queued and len(self.handshakes) < self.max_handshakes:
+            connection, _ = self.queued.popitem(last=False)
+            sock, connection.sock = connection.sock, None
+            assert sock is not None
+            self._begin_tls(connection, sock)
 
     async def _handshake(self, connection: Connection, sock: socket.socket) -> None:
         assert self._loop is not None
@@ -215,6 +237,7 @@ class Listener:
         connection.protocol = protocol
         self.handshakes.pop(connection, None)
         self._enter(connection, HEAD)
+        self._next_handshakes()
 
     def request_begins(self, connection: Connection) -> float:
         """The request's first byte arrived; returns the arrival time for the request's age."""
@@ -258,19 +281,26 @@ class Listener:
     def _released(self, connection: Connection) -> None:
         if connection.stage is None:
             return  # already released
-        self.handshakes.pop(connection, None)
+        freed = self.handshakes.pop(connection, False) is None
+        self.queued.pop(connection, None)
         self.waiting.pop(connection, None)
         self.idle.pop(connection, None)
         connection.stage = None  # type: ignore[assignment]
         connection.protocol = None
+        if connection.sock is not None:
+            _reset(connection.sock)
+            connection.sock = None
         self.open -= 1
+        if freed:
+            self._next_handshakes()
 
     # --- closing slow clients -------------------------------------------------------------
 
     def _evict_one(self) -> bool:
         """Close the connection that has waited longest for its client, if it waited long."""
         assert self._loop is not None
-        fronts = [next(iter(pool)) for pool in (self.handshakes, self.waiting, self.idle) if pool]
+        pools = (self.queued, self.handshakes, self.waiting, self.idle)
+        fronts = [next(iter(pool)) for pool in pools if pool]
         return bool(fronts) and self._evict(min(fronts, key=lambda c: c.since))
 
     def _evict_handshake(self) -> bool:
@@ -287,7 +317,7 @@ class Listener:
         assert self._loop is not None
         now = self._loop.time()
         expired = []
-        for pool in (self.handshakes, self.waiting):
+        for pool in (self.queued, self.handshakes, self.waiting):
             for connection in pool:
                 age = now - connection.since
                 if age < self._shortest:
@@ -295,7 +325,8 @@ class Listener:
                 if age >= self.limits.deadline(connection.stage):
                     expired.append(connection)
         for connection in expired:
-            self._close(connection, f"{connection.stage}_timeout", polite=True)
+            stage = HANDSHAKE if connection.stage == QUEUED else connection.stage
+            self._close(connection, f"{stage}_timeout", polite=True)
         self._trim()
         if not self._closed:
             self._sweeper = self._loop.call_later(SWEEP_SECONDS, self._sweep)
@@ -314,6 +345,9 @@ class Listener:
     def _close(self, connection: Connection, reason: str, polite: bool) -> None:
         self.metrics.connections_closed.labels(reason).inc()
         stage = connection.stage
+        if stage == QUEUED:
+            self._released(connection)
+            return
         self.handshakes.pop(connection, None)
         self.waiting.pop(connection, None)
         self.idle.pop(connection, None)
@@ -345,6 +379,8 @@ class Listener:
                     self._loop.remove_reader(sock.fileno())
         for sock in self.sockets:
             sock.close()
+        for connection in list(self.queued):
+            self._released(connection)
         for connection in list(self.handshakes):
             if connection.task is not None:
                 connection.task.cancel()
