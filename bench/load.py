@@ -52,7 +52,8 @@ class Client:
         self.reader, self.writer = await asyncio.open_connection(HOST, port, ssl=context)
 
     async def review(self) -> int:
-        assert self.reader is not None and self.writer is not None
+        assert self.reader is not None
+        assert self.writer is not None
         self.writer.write(self.request)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])

@@ -31,12 +31,14 @@ import orjson
 
 from bench import BenchError, corpus
 from bench.clients import STAGES, Probe, percentile, raise_fd_limit, stall
-from bench.load import RssSampler, capacity, open_loop, slope_mib_per_10_minutes
+from bench.load import RssSampler, capacity, open_loop, rss_mib, slope_mib_per_10_minutes
 from bench.procs import HOST, Server, free_port, make_tls, plain_get
 from bench.session import REPO_ROOT, _server_env
 
 SERVER_CPU, CLIENT_CPU = 0, 1
 CHART_LIMIT_MIB = 128
+SOAK_WARM_UP = 10.0
+"""Seconds of the soak's load before the first RSS sample: allocator and caches settle."""
 NORMAL_FLOOR_SECONDS = 0.010
 """Below this a healthy review's latency counts as normal whatever the baseline (noise)."""
 BURST_IN_FLIGHT = 600
@@ -103,15 +105,28 @@ def _progress(text: str) -> None:
     print(f"reliability: {text}", file=sys.stderr, flush=True)
 
 
-def measure_capacity(harness: Harness) -> float:
+def measure_capacity(harness: Harness, use_wrk: bool = True) -> float:
+    """Reviews/s with 32 closed-loop keep-alive clients: wrk where it is installed (a Python
+    client would measure itself), else this driver's own client."""
+    import shutil
+
+    from bench.wrk import run_wrk
+
     server, _ = harness.server()
+    wrk = shutil.which("wrk") if use_wrk else None
     try:
-        context = harness.tls.client_context()
-        asyncio.run(capacity(server.port, context, harness.body, 32, 2))  # warm-up
-        rate = asyncio.run(capacity(server.port, context, harness.body, 32, 5))
+        if wrk:
+            url = f"https://{HOST}:{server.port}/mutate"
+            run_wrk(wrk, url, harness.body_file, 32, 2, CLIENT_CPU)  # warm-up
+            rate = run_wrk(wrk, url, harness.body_file, 32, 5, CLIENT_CPU).rps
+        else:
+            context = harness.tls.client_context()
+            asyncio.run(capacity(server.port, context, harness.body, 32, 2))  # warm-up
+            rate = asyncio.run(capacity(server.port, context, harness.body, 32, 5))
     finally:
         server.stop()
-    _progress(f"capacity {rate:,.0f} reviews/s (9 KB pod, 32 keep-alive clients)")
+    tool = "wrk" if wrk else "the Python client"
+    _progress(f"capacity {rate:,.0f} reviews/s (9 KB pod, 32 keep-alive clients, {tool})")
     return rate
 
 
@@ -128,7 +143,9 @@ def slow_clients(harness: Harness) -> dict[str, Any]:
                 sampler = RssSampler(server.pid, 0.1)
                 sampler.start()
                 began = time.monotonic()
-                stalled, closed = await stall(server.port, harness.tls.client_context(), stage, 5000)
+                stalled, closed = await stall(
+                    server.port, harness.tls.client_context(), stage, 5000
+                )
                 opened = time.monotonic()
                 await asyncio.wait_for(closed, 60)
                 samples = await sampler.stop()
@@ -147,13 +164,15 @@ def slow_clients(harness: Harness) -> dict[str, Any]:
             _progress(f"slow {stage}: {figures}")
             time.sleep(1)
         result["metrics"] = {
-            k: v for k, v in metrics(metrics_port).items() if "connections" in k and "created" not in k
+            k: v
+            for k, v in metrics(metrics_port).items()
+            if "connections" in k and "created" not in k
         }
     finally:
         samples = probe.stop()
         server.check_alive()
         server.stop()
-    for stage, figures in result["stages"].items():
+    for figures in result["stages"].values():
         began, ended = figures.pop("window")
         window = [s for t, s, status in samples if began <= t <= ended and status == 200]
         failed = [s for t, s, status in samples if began <= t <= ended and status != 200]
@@ -178,7 +197,12 @@ def burst(harness: Harness, rate: float) -> dict[str, Any]:
             sampler = RssSampler(server.pid, 0.2)
             sampler.start()
             tally = await open_loop(
-                server.port, harness.tls.client_context(), harness.body, 10 * rate, 10, BURST_IN_FLIGHT
+                server.port,
+                harness.tls.client_context(),
+                harness.body,
+                10 * rate,
+                10,
+                BURST_IN_FLIGHT,
             )
             samples = await sampler.stop()
             return tally, samples
@@ -228,32 +252,55 @@ def burst(harness: Harness, rate: float) -> dict[str, Any]:
 
 
 def soak(harness: Harness, rate: float, seconds: float) -> dict[str, Any]:
+    """Half of capacity for `seconds`: wrk, each of 16 connections pausing between reviews so
+    that together they send about rate / 2 a second; RSS sampled every 10 s."""
+    import threading
+
+    from bench.wrk import LUA_SCRIPT, ensure_wrk, run_wrk
+
+    wrk = ensure_wrk()
+    connections = 16
+    pause_ms = max(1, round(1000 * connections / (rate / 2)))
+    script = harness.directory / "paced.lua"
+    script.write_text(LUA_SCRIPT.read_text() + f"\nfunction delay()\n  return {pause_ms}\nend\n")
     server, metrics_port = harness.server()
+    url = f"https://{HOST}:{server.port}/mutate"
+    samples: list[tuple[float, float]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            samples.append((time.monotonic(), rss_mib(server.pid)))
+            stop.wait(10.0)
+
     try:
-
-        async def run() -> tuple[Any, list[tuple[float, float]]]:
-            sampler = RssSampler(server.pid, 10.0)
-            sampler.start()
-            tally = await open_loop(
-                server.port, harness.tls.client_context(), harness.body, rate / 2, seconds, 64
-            )
-            return tally, await sampler.stop()
-
-        tally, rss = asyncio.run(run())
+        run_wrk(
+            wrk, url, harness.body_file, connections, int(SOAK_WARM_UP), CLIENT_CPU, script=script
+        )
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        result = run_wrk(
+            wrk, url, harness.body_file, connections, int(seconds), CLIENT_CPU, script=script
+        )
+        stop.set()
+        sampler.join(15)
+        samples.append((time.monotonic(), rss_mib(server.pid)))
         server.check_alive()
         counted = metrics(metrics_port)
     finally:
+        stop.set()
         server.stop()
-    warm = [sample for sample in rss if sample[0] >= rss[0][0] + min(60.0, seconds / 6)]
     figures = {
-        "rate_per_s": round(rate / 2),
+        "target_per_s": round(rate / 2),
+        "rate_per_s": round(result.rps),
         "seconds": seconds,
-        "reviews": tally.ok,
-        "errors": tally.errors + tally.timed_out + tally.transport_errors,
-        "rss_first_mib": round(rss[0][1], 1),
-        "rss_last_mib": round(rss[-1][1], 1),
-        "samples": len(rss),
-        "slope_mib_per_10min": round(slope_mib_per_10_minutes(warm), 2),
+        "reviews": result.checked,
+        "errors": result.error_count + result.bad,
+        "p99_ms": round(result.latency_us["p99"] / 1000, 2),
+        "rss_first_mib": round(samples[0][1], 1),
+        "rss_last_mib": round(samples[-1][1], 1),
+        "samples": len(samples),
+        "slope_mib_per_10min": round(slope_mib_per_10_minutes(samples), 2),
         "server_errors": counted.get(
             'lifecycle_webhook_admission_requests_total{operation="CREATE",outcome="error"}', 0.0
         ),
@@ -311,7 +358,9 @@ def check(results: dict[str, Any]) -> list[str]:
             missed.append(f"slow clients: {slow['probe_failures']} healthy reviews failed")
         for stage, figures in slow["stages"].items():
             if figures["longest_lifetime_s"] > 10 + 2:
-                missed.append(f"slow clients: a {stage} connection lived {figures['longest_lifetime_s']} s")
+                missed.append(
+                    f"slow clients: a {stage} connection lived {figures['longest_lifetime_s']} s"
+                )
     burst_figures = results.get("burst")
     if burst_figures and burst_figures["recovery_s"] > TARGETS["burst_recovery_s"]:
         missed.append(f"burst: recovery took {burst_figures['recovery_s']} s")
