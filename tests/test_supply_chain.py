@@ -114,7 +114,9 @@ def test_a_log_line_never_carries_a_secret_whoever_put_it_there(tmp_path: Path) 
         log.event("x", key=pem, truncated=pem[:120], token=TOKEN)
         log.event("x", error=repr(ValueError(f"bad header 'Authorization: Bearer {TOKEN}'")))
         try:
-            raise RuntimeError(f"request failed with headers {{'Authorization': 'Bearer {OPAQUE}'}}")
+            raise RuntimeError(
+                f"request failed with headers {{'Authorization': 'Bearer {OPAQUE}'}}"
+            )
         except RuntimeError as exc:
             import traceback
 
