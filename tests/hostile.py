@@ -327,3 +327,48 @@ def _shape(value: Any) -> Any:
     if type(value) is int and 0 <= value < 2**31:
         return 0
     return value
+
+
+@st.composite
+def plausible_pods(draw: st.DrawFn) -> Any:
+    """Pods the API server may well accept on their own, with hostile tuning: every own
+    annotation with any value (unicode, control characters, huge numbers as text), hooks and
+    grace periods at the edges, up to 40 containers. For tests/e2e/test_generated_pods.py."""
+    count = draw(st.sampled_from([1, 1, 2, 3, 40]))
+    containers = []
+    for index in range(count):
+        container: dict[str, Any] = {"name": f"c{index}", "image": "registry.example/app:1"}
+        if draw(st.integers(0, 3)) == 0:
+            hook = draw(
+                st.one_of(
+                    st.fixed_dictionaries(
+                        {"sleep": st.fixed_dictionaries({"seconds": st.integers(1, 120)})}
+                    ),
+                    st.fixed_dictionaries(
+                        {
+                            "exec": st.fixed_dictionaries(
+                                {"command": st.lists(NASTY_TEXT, min_size=1, max_size=3)}
+                            )
+                        }
+                    ),
+                )
+            )
+            container["lifecycle"] = {draw(st.sampled_from(["preStop", "postStart"])): hook}
+        if draw(st.booleans()):
+            container["ports"] = [{"containerPort": draw(st.integers(1, 65535)), "name": "http"}]
+        containers.append(container)
+    keys = st.sampled_from([*ANNOTATION_KEYS, STATUS_KEY])
+    annotations = draw(st.dictionaries(keys, OWN_VALUES, max_size=6))
+    spec: dict[str, Any] = {"containers": containers}
+    if draw(st.booleans()):
+        spec["terminationGracePeriodSeconds"] = draw(
+            st.sampled_from([0, 1, 5, 30, 3600, 2**31, 2**62])
+        )
+    if draw(st.integers(0, 4)) == 0:
+        spec["restartPolicy"] = draw(st.sampled_from(["Never", "OnFailure"]))
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "placeholder", "annotations": annotations},
+        "spec": spec,
+    }
