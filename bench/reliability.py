@@ -156,7 +156,7 @@ def slow_clients(harness: Harness) -> dict[str, Any]:
                     "open_seconds": round(opened - began, 1),
                     "longest_lifetime_s": round(max(lifetimes, default=0.0), 2),
                     "peak_rss_mib": round(max(m for _, m in samples), 1),
-                    "window": (began, time.monotonic()),
+                    "window": (began, opened, time.monotonic()),
                 }
 
             figures = asyncio.run(run())
@@ -173,15 +173,22 @@ def slow_clients(harness: Harness) -> dict[str, Any]:
         server.check_alive()
         server.stop()
     for figures in result["stages"].values():
-        began, ended = figures.pop("window")
-        window = [s for t, s, status in samples if began <= t <= ended and status == 200]
+        began, opened, ended = figures.pop("window")
+        flood = [s for t, s, status in samples if began <= t < opened and status == 200]
+        held = [s for t, s, status in samples if opened <= t <= ended and status == 200]
         failed = [s for t, s, status in samples if began <= t <= ended and status != 200]
-        figures["probe_reviews"] = len(window)
+        figures["probe_reviews"] = len(flood) + len(held)
         figures["probe_failures"] = len(failed)
-        figures["probe_p50_ms"] = round(percentile(window, 0.5) * 1000, 2)
-        figures["probe_p99_ms"] = round(percentile(window, 0.99) * 1000, 2)
+        # While the 5,000 are being opened (a flood of TLS handshakes: CPU-bound) ...
+        figures["probe_p99_opening_ms"] = round(percentile(flood, 0.99) * 1000, 2)
+        # ... and while they stall, until their deadline closes them.
+        figures["probe_p50_ms"] = round(percentile(held, 0.5) * 1000, 2)
+        figures["probe_p99_ms"] = round(percentile(held, 0.99) * 1000, 2)
     result["peak_rss_mib"] = max(f["peak_rss_mib"] for f in result["stages"].values())
     result["probe_p99_ms"] = max(f["probe_p99_ms"] for f in result["stages"].values())
+    result["probe_p99_opening_ms"] = max(
+        f["probe_p99_opening_ms"] for f in result["stages"].values()
+    )
     result["probe_failures"] = sum(f["probe_failures"] for f in result["stages"].values())
     return result
 

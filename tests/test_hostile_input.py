@@ -28,10 +28,10 @@ from hypothesis import strategies as st
 
 from webhook.admission import DEFAULT_MAX_BODY_BYTES
 from webhook.app import ServerState, create_app
+from webhook.cluster.namespaces import StaticNamespaces
 from webhook.core.model import PREFIX, Config
 from webhook.logs import JsonLog
 from webhook.metrics import Metrics
-from webhook.namespaces import StaticNamespaces
 
 from .hostile import JUNK, Stats, broken_envelopes, check_answer, dumps, envelope, pods
 from .test_server_https import REPO, Pki, ServerProcess, tls_args

@@ -227,11 +227,11 @@ def test_a_review_older_than_its_timeout_is_shed_not_reviewed() -> None:
     """The API server gave up on it (its `timeout` passed): answering would only delay the
     reviews queued behind it. Younger reviews, and ones without an arrival time, are served."""
     from webhook.app import ServerState, create_app
+    from webhook.cluster.namespaces import StaticNamespaces
     from webhook.connections import ARRIVED
     from webhook.core.model import Config
     from webhook.logs import JsonLog
     from webhook.metrics import Metrics
-    from webhook.namespaces import StaticNamespaces
 
     metrics = Metrics()
     app = create_app(ServerState(Config(), StaticNamespaces({}), metrics, JsonLog("error")))
