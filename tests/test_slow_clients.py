@@ -56,10 +56,9 @@ def test_each_stage_has_a_deadline(tmp_path: Path, start: Callable[..., ServerPr
     server.wait_ready()
 
     async def all_stages() -> dict[str, Any]:
-        results = await asyncio.gather(
-            *(stall_and_wait(server, stage, 20, within=30) for stage in STAGES)
-        )
-        return dict(zip(STAGES, results, strict=True))
+        # One stage at a time: 20 stalled handshakes would hold the slots the next stage's
+        # handshakes need for as long as the 1 s deadline (eviction starts after 1 s too).
+        return {stage: await stall_and_wait(server, stage, 20, within=30) for stage in STAGES}
 
     results = run(all_stages())
     for stage, result in results.items():
@@ -274,3 +273,24 @@ def test_a_review_older_than_its_timeout_is_shed_not_reviewed() -> None:
     for status, answer in (kept, young, default, untimed):
         assert status == 200 and answer["response"]["uid"] == "queued"
     assert metrics.reviews_shed._value.get() == 2
+
+
+def test_a_connection_queued_behind_stalled_handshakes_gets_a_slot_within_seconds(
+    tmp_path: Path, start: Callable[..., ServerProcess]
+) -> None:
+    """--max-connections 8 leaves 2 handshake slots; 2 clients that never send a ClientHello
+    hold them; a real client arriving at once waits unread, then takes the slot of the oldest
+    staller once it has waited over a second — long before its 10 s deadline."""
+    pki = Pki(tmp_path / "pki")
+    server = start([*tls_args(pki), "--max-connections", "8"], pki.ca_file)
+    server.wait_ready()
+    with contextlib.ExitStack() as stack:
+        for _ in range(2):
+            stack.enter_context(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+        began = time.monotonic()
+        with server.client() as client:
+            assert post(client, review(uid="queued")).status_code == 200
+        waited = time.monotonic() - began
+    assert 0.9 < waited < 5, waited
+    assert metric(server, CLOSED, reason="evicted") >= 1
+    assert metric(server, "lifecycle_webhook_connections_refused_total") == 0

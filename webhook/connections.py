@@ -331,6 +331,11 @@ class Listener:
         for connection in expired:
             stage = HANDSHAKE if connection.stage == QUEUED else connection.stage
             self._close(connection, f"{stage}_timeout", polite=True)
+        # Connections queued for a slot evict stalled handshakes too, not only newcomers.
+        while self.queued and len(self.handshakes) >= self.max_handshakes:
+            if not self._evict_handshake():
+                break
+        self._next_handshakes()
         self._trim()
         if not self._closed:
             self._sweeper = self._loop.call_later(SWEEP_SECONDS, self._sweep)
