@@ -12,11 +12,14 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY requirements.lock pyproject.toml README.md ./
 COPY webhook ./webhook
-# The project's wheel plus a wheel for every dependency; anything without a binary wheel
-# for this platform is compiled here, never in the final stage.
-RUN python -m pip wheel --no-cache-dir --wheel-dir /wheels .
+# Exactly the locked dependencies, each checked against its hash in requirements.lock
+# (binary wheels only: nothing is compiled), then the project's own wheel.
+RUN python -m pip wheel --no-cache-dir --require-hashes --only-binary=:all: \
+        --wheel-dir /wheels -r requirements.lock \
+    && python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+    && cp requirements.lock /wheels/
 
 FROM ${PYTHON_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -31,7 +34,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --no-index --only-binary=:all: \
-        --find-links=/wheels /wheels/lifecycle_webhook-*.whl \
+        --require-hashes --find-links=/wheels -r /wheels/requirements.lock \
+    && /opt/venv/bin/pip install --no-cache-dir --no-index --no-deps \
+        /wheels/lifecycle_webhook-*.whl \
     && /opt/venv/bin/pip uninstall --yes pip setuptools \
     && groupadd --system --gid 65532 nonroot \
     && useradd --system --uid 65532 --gid 65532 --no-create-home \

@@ -10,10 +10,19 @@ STAMP := $(VENV)/.installed
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+LOCK := requirements.lock
+CONSTRAINTS := $(VENV)/constraints.txt
+
+# The runtime dependencies are exactly the lock file (hash-checked, wheels only), as in the
+# image; then the project without dependencies; then the test tools, constrained to the lock
+# so they cannot move a runtime package.
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --require-hashes --only-binary=:all: -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps -e .
+	sed -n 's/^\([A-Za-z0-9._-]*==[^ ;]*\).*/\1/p' $(LOCK) > $(CONSTRAINTS)
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[test]'
 	touch $(STAMP)
 
 venv: $(STAMP) ## create .venv with the webhook and its test tools
@@ -50,4 +59,16 @@ golden: $(STAMP) ## regenerate the golden outputs (review the diff before commit
 bench: $(STAMP) ## throughput, latency, memory and start-up against a trivial FastAPI baseline
 	$(BIN)/python -m bench
 
-.PHONY: help venv run tools lint test unit e2e node golden bench
+reliability: $(STAMP) ## the README's reliability figures: slow clients, burst, 10-minute soak
+	$(BIN)/python -m bench reliability --soak-seconds 600
+
+soak: $(STAMP) ## 10 minutes at half capacity: RSS slope and errors (CI runs 60 s of it)
+	$(BIN)/python -m bench reliability --only soak --soak-seconds 600
+
+lock: ## regenerate requirements.lock (hashes for every runtime dependency) with uv
+	$(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install --quiet uv
+	.lock-venv/bin/uv pip compile pyproject.toml --generate-hashes --universal \
+		--python-version 3.11 --no-header -o $(LOCK)
+	rm -rf .lock-venv
+
+.PHONY: help venv run tools lint test unit e2e node golden bench reliability soak lock

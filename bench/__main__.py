@@ -1,4 +1,5 @@
-"""`python -m bench [--quick] [--strict] ...` from the repository root, venv active.
+"""`python -m bench [--quick] [--strict] ...` from the repository root, venv active;
+`python -m bench reliability [--only slow|burst|soak]` for the reliability figures.
 
 Exit 0 when the benchmark ran (targets missed or not), 1 with --strict when a target was
 missed, 2 when the harness could not produce trustworthy numbers (a tool missing, a server
@@ -70,6 +71,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["reliability"]:
+        from bench.reliability import main as reliability
+
+        return reliability(arguments[1:])
     args = parse_args(argv)
     options = Options(
         warmup_seconds=1 if args.quick else 2,

@@ -94,7 +94,14 @@ def _parse(stdout: str) -> WrkResult:
 
 
 def run_wrk(
-    wrk: str, url: str, body_file: Path, connections: int, seconds: int, cpu: int, nice: int = 0
+    wrk: str,
+    url: str,
+    body_file: Path,
+    connections: int,
+    seconds: int,
+    cpu: int,
+    nice: int = 0,
+    script: Path = LUA_SCRIPT,
 ) -> WrkResult:
     """One closed-loop run: `connections` keep-alive connections, each one request at a time."""
     argv = [
@@ -109,7 +116,7 @@ def run_wrk(
         "--timeout",
         REQUEST_TIMEOUT,
         "-s",
-        str(LUA_SCRIPT),
+        str(script),
         url,
         "--",
         str(body_file),

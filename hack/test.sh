@@ -34,5 +34,16 @@ else
   echo "node packages missing: the node suite will be skipped (it says why)"
 fi
 
+echo "== load generator (wrk, for the soak and the benchmark)"
+if ! command -v wrk >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y --no-install-recommends wrk >/dev/null 2>&1 \
+      || { apt-get update >/dev/null && apt-get install -y --no-install-recommends wrk >/dev/null; }
+  else
+    echo "wrk not found and cannot be installed here: the soak test will be skipped (fails in CI)"
+  fi
+fi
+
 echo "== tests"
 "$bin/pytest" -q "$@"

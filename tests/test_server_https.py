@@ -201,25 +201,6 @@ class ServerProcess:
             raise AssertionError("server did not stop after SIGTERM") from None
 
 
-@pytest.fixture
-def start(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    """Start a server: start(args, ca_file=...); each is stopped (or killed) at teardown."""
-    started: list[ServerProcess] = []
-
-    def _start(
-        args: list[str], ca_file: Path | None, env: dict[str, str] | None = None
-    ) -> ServerProcess:
-        server = ServerProcess(tmp_path / f"server-{len(started)}", args, ca_file, env)
-        started.append(server)
-        return server
-
-    yield _start
-    for server in started:
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait(10)
-
-
 def tls_args(pki: Pki) -> list[str]:
     return ["--tls-cert", str(pki.cert_file), "--tls-key", str(pki.key_file)]
 
@@ -1128,6 +1109,10 @@ def test_startup_time_to_ready_is_measured(
         (["--config", "{bad_config}"], "prestopSeconds"),
         (["--tls-cert", "{key}", "--tls-key", "{cert}"], "TLS"),
         (["--max-body-bytes", "0"], "--max-body-bytes"),
+        (["--max-connections", "0"], "--max-connections"),
+        (["--header-timeout", "0"], "--header-timeout"),
+        (["--body-timeout", "-1"], "--body-timeout"),
+        (["--handshake-timeout", "99999"], "--handshake-timeout"),
         (
             ["--tls-cert", "{cert}", "--tls-key", "{key}", "--kubeconfig", "{missing}"],
             "--kubeconfig",

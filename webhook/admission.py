@@ -80,7 +80,11 @@ def parse_review(body: bytes) -> ReviewRequest:
     if not isinstance(review, dict):
         raise BadReview("body is not a JSON object")
     api_version = review.get("apiVersion")
-    if api_version not in API_VERSIONS or review.get("kind") != KIND:
+    if (
+        not isinstance(api_version, str)
+        or api_version not in API_VERSIONS
+        or review.get("kind") != KIND
+    ):
         raise BadReview(
             "not an AdmissionReview: want apiVersion admission.k8s.io/v1 or v1beta1 and "
             f"kind AdmissionReview, got {str(api_version)[:80]!r} {str(review.get('kind'))[:80]!r}"

@@ -9,6 +9,9 @@ a bug never becomes a denial.
 
 from __future__ import annotations
 
+import asyncio
+import re
+import time
 import traceback
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -28,6 +31,7 @@ from webhook.admission import (
 )
 from webhook.cluster.live import Lookup
 from webhook.cluster.namespaces import NamespaceInfo, NamespaceSource
+from webhook.connections import ARRIVED
 from webhook.core.model import NEWEST_KNOWN_VERSION, Config, Mutation, Settings
 from webhook.logs import JsonLog
 from webhook.metrics import Metrics
@@ -112,6 +116,29 @@ async def _read_namespace(source: NamespaceSource, name: str) -> NamespaceInfo |
     return None
 
 
+DEFAULT_REVIEW_TIMEOUT = 10.0
+"""The API server's default webhook timeout, for a request without `?timeout=`."""
+SHED_CHECK_AFTER = 1.0
+"""Younger requests are never stale: the query is parsed only for older ones."""
+_GO_DURATION = re.compile(rb"(?:^|&)timeout=((?:[0-9]+(?:\.[0-9]*)?(?:ns|us|\xc2\xb5s|ms|s|m|h))+)")
+_DURATION_PART = re.compile(rb"([0-9]+(?:\.[0-9]*)?)(ns|us|\xc2\xb5s|ms|s|m|h)")
+_UNIT_SECONDS = {b"ns": 1e-9, b"us": 1e-6, b"\xc2\xb5s": 1e-6, b"ms": 1e-3, b"s": 1.0, b"m": 60.0}
+_UNIT_SECONDS[b"h"] = 3600.0
+
+
+def review_timeout(query: bytes) -> float:
+    """The budget the API server gave this call: its `timeout` query parameter, a Go duration
+    such as `2s` or `1m0s`; DEFAULT_REVIEW_TIMEOUT when absent or unreadable."""
+    found = _GO_DURATION.search(query)
+    if found is None:
+        return DEFAULT_REVIEW_TIMEOUT
+    seconds = sum(
+        float(number) * _UNIT_SECONDS[unit]
+        for number, unit in _DURATION_PART.findall(found.group(1))
+    )
+    return seconds if seconds > 0 else DEFAULT_REVIEW_TIMEOUT
+
+
 class MutateEndpoint:
     """POST /mutate as a raw ASGI app."""
 
@@ -120,6 +147,35 @@ class MutateEndpoint:
 
         self.state = state
         self.mutate = mutate
+        self._shed_since_log = 0
+        self._shed_logged_at = 0.0
+
+    def _stale(self, scope: Scope) -> float | None:
+        """Seconds the request has waited, when longer than its timeout: the API server has
+        given up on it, so answering would only delay the reviews behind it."""
+        arrived = scope.get(ARRIVED)
+        if arrived is None:
+            return None
+        waited: float = asyncio.get_running_loop().time() - arrived
+        if waited < SHED_CHECK_AFTER or waited < review_timeout(scope["query_string"]):
+            return None
+        return waited
+
+    async def _shed(self, send: Send, waited: float) -> None:
+        self.state.metrics.reviews_shed.inc()
+        self._shed_since_log += 1
+        now = time.monotonic()
+        if now - self._shed_logged_at >= 1.0:  # one line a second at most, under overload
+            self.state.log.event(
+                "reviews shed",
+                level="warning",
+                count=self._shed_since_log,
+                waited_seconds=round(waited, 3),
+                detail="waited longer than their timeout; answered 503 without a review",
+            )
+            self._shed_since_log, self._shed_logged_at = 0, now
+        message = f"review waited {waited:.1f} s, longer than its timeout; not reviewed"
+        await self._reply(send, 503, _error_body(message), close=True)
 
     async def _reply(self, send: Send, status: int, body: bytes, close: bool = False) -> None:
         headers = [
@@ -175,6 +231,10 @@ class MutateEndpoint:
             if not message.get("more_body", False):
                 break
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        waited = self._stale(scope)
+        if waited is not None:
+            await self._shed(send, waited)
+            return
 
         review: ReviewRequest | None = None
         try:

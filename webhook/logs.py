@@ -9,12 +9,47 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+_SECRET_MARKERS = (b"earer", b"PRIVATE KEY", b"uthorization", b"eyJ", b"asic ")
+"""Cheap substring checks: a line with none of them has nothing `redact` would change."""
+_SECRETS = (
+    # A private key in PEM, whole or cut off (JSON escapes its newlines as \n).
+    (
+        re.compile(
+            rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?"
+            rb"(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|(?=\")|$)"
+        ),
+        b"[redacted private key]",
+    ),
+    # The value of an Authorization header or field, however it is quoted.
+    (
+        re.compile(rb"(?i)(authorization\\?[\"']?\s*[:=]\s*(?:\\?[\"'])?)[^\"',}\]\\]+"),
+        rb"\1[redacted]",
+    ),
+    # Credentials after an authorization scheme, anywhere else.
+    (
+        re.compile(rb"(?i)\b(bearer|basic)(\s+|%20)(?!\[redacted)[^\s\"',;}\]\\]+"),
+        rb"\1 [redacted]",
+    ),
+    # JSON Web Tokens: service-account tokens, OIDC tokens.
+    (re.compile(rb"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), b"[redacted token]"),
+)
+
+
+def redact(line: bytes) -> bytes:
+    """The log line with private keys, bearer and basic credentials, Authorization values and
+    JSON Web Tokens replaced: no secret reaches a log line, whoever put it in a message (an
+    API server echoing headers in an error, an exception, a pod named after a token)."""
+    for pattern, replacement in _SECRETS:
+        line = pattern.sub(replacement, line)
+    return line
 
 
 _UTC = dt.UTC
@@ -34,6 +69,8 @@ class JsonLog:
 
     def _write(self, record: dict[str, Any]) -> None:
         data = orjson.dumps(record, default=str, option=_DUMPS_OPTIONS) + b"\n"
+        if any(marker in data for marker in _SECRET_MARKERS):
+            data = redact(data)
         try:
             while data:
                 data = data[os.write(self.fd, data) :]

@@ -24,6 +24,7 @@ from prometheus_client import (
 OPERATIONS = ("CREATE", "UPDATE", "DELETE", "CONNECT")
 OUTCOMES = ("mutated", "unchanged", "skipped", "denied", "invalid", "error")
 FEATURES = ("prestop", "grace", "init_order", "poststart")
+CLOSE_REASONS = ("handshake_timeout", "head_timeout", "body_timeout", "evicted", "handshake_failed")
 DURATION_BUCKETS = (
     0.0005,
     0.001,
@@ -90,6 +91,34 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.open_connections = Gauge(
+            "lifecycle_webhook_open_connections",
+            "Connections to the admission port now open in this process, in any state.",
+            registry=self.registry,
+        )
+        self.handshakes_in_progress = Gauge(
+            "lifecycle_webhook_tls_handshakes_in_progress",
+            "Connections accepted whose TLS handshake has not finished.",
+            registry=self.registry,
+        )
+        self.connections_refused = Counter(
+            "lifecycle_webhook_connections_refused_total",
+            "Connections reset at accept, before TLS, because --max-connections were open.",
+            registry=self.registry,
+        )
+        self.connections_closed = Counter(
+            "lifecycle_webhook_connections_closed_early_total",
+            "Connections the server closed before a complete request, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.reviews_shed = Counter(
+            "lifecycle_webhook_reviews_shed_total",
+            "Reviews not answered because they waited longer than their timeout.",
+            registry=self.registry,
+        )
+        for reason in CLOSE_REASONS:
+            self.connections_closed.labels(reason)
         self._request_children: dict[tuple[str, str], Any] = {}
         for operation in (*OPERATIONS, "other"):
             for outcome in OUTCOMES:

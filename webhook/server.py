@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from webhook.admission import DEFAULT_MAX_BODY_BYTES
+from webhook.connections import DEFAULT_MAX_CONNECTIONS, DEFAULT_STAGE_SECONDS, Limits
 from webhook.logs import LEVELS, JsonLog, bridge_stdlib_logging
 
 if TYPE_CHECKING:
@@ -46,18 +47,36 @@ ALL_INTERFACES = ""
 reach the webhook (0.0.0.0 would be unreachable in an IPv6-only cluster)."""
 
 
-def listening_socket(host: str, port: int) -> socket.socket | None:
-    """For ALL_INTERFACES, a bound dual-stack socket (IPv4 alone where the kernel has no IPv6);
-    None for an explicit --host, which uvicorn binds as given."""
-    if host != ALL_INTERFACES:
-        return None
+def listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """Bound sockets for --host: for ALL_INTERFACES one dual-stack socket (IPv4 alone where the
+    kernel has no IPv6), else one per address the name resolves to."""
+    if host == ALL_INTERFACES:
+        try:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            address: tuple[str, int] = ("::", port)
+        except OSError:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            address = ("0.0.0.0", port)  # noqa: S104 - a Pod listens in its own network namespace
+        return [_bound(sock, address)]
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
     try:
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        address: tuple[str, int] = ("::", port)
+        for family, kind, proto, _, resolved in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if sockets:  # --port 0: every address gets the port the first one got
+                resolved = (resolved[0], sockets[0].getsockname()[1], *resolved[2:])
+            sockets.append(_bound(sock, resolved))
     except OSError:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        address = ("0.0.0.0", port)  # noqa: S104 - a Pod listens in its own network namespace
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _bound(sock: socket.socket, address: Any) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(address)
@@ -115,6 +134,26 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="larger request bodies get HTTP 413 (default 3145728)",
     )
     parser.add_argument(
+        "--max-connections",
+        metavar="N",
+        default=DEFAULT_MAX_CONNECTIONS,
+        type=int,
+        help="open connections per process; beyond, the longest-waiting slow client is "
+        "closed or the newcomer refused (default 1000)",
+    )
+    for flag, what in (
+        ("--handshake-timeout", "to finish the TLS handshake, from accept"),
+        ("--header-timeout", "to send a request's head"),
+        ("--body-timeout", "to send a request's body, after its head"),
+    ):
+        parser.add_argument(
+            flag,
+            metavar="SECONDS",
+            default=DEFAULT_STAGE_SECONDS,
+            type=float,
+            help=f"time a client has {what} (default 10)",
+        )
+    parser.add_argument(
         "--kubeconfig", metavar="FILE", help="cluster to read Namespaces from (default: in-cluster)"
     )
     parser.add_argument(
@@ -156,6 +195,15 @@ def _check_arguments(args: argparse.Namespace) -> tuple[int, int] | None:
         raise UsageError(f"--drain-seconds {args.drain_seconds}: want 0 to 3600")
     if args.max_body_bytes < 1:
         raise UsageError(f"--max-body-bytes {args.max_body_bytes}: want at least 1")
+    if not 1 <= args.max_connections <= 1_000_000:
+        raise UsageError(f"--max-connections {args.max_connections}: want 1 to 1000000")
+    for flag, seconds in (
+        ("--handshake-timeout", args.handshake_timeout),
+        ("--header-timeout", args.header_timeout),
+        ("--body-timeout", args.body_timeout),
+    ):
+        if not 0.1 <= seconds <= 3600:
+            raise UsageError(f"{flag} {seconds}: want 0.1 to 3600 seconds")
     for flag, path in (
         ("--tls-cert", args.tls_cert),
         ("--tls-key", args.tls_key),
@@ -315,18 +363,15 @@ def _serve(
     poller = FilePoller(checks, log)
     signal.signal(signal.SIGHUP, lambda *_: poller.wake())
 
-    server = _build_server(args, state, reloader, log, started, after_listening)
+    server = _build_server(args, state, reloader, metrics, log, started, after_listening)
     try:
-        sock = listening_socket(args.host, args.port)
+        sockets = listening_sockets(args.host, args.port)
     except OSError as exc:
         metrics_server.shutdown()
         log.event("cannot listen", level="error", port=args.port, error=str(exc))
         return 1
     try:
-        server.run(sockets=[sock] if sock else None)
-    except SystemExit as exc:  # uvicorn exits this way when it cannot bind
-        log.event("cannot listen", level="error", port=args.port, code=str(exc.code))
-        return 1
+        server.run(sockets=sockets)
     finally:
         metrics_server.shutdown()
     if server.forced:
@@ -399,13 +444,24 @@ def _build_server(
     args: argparse.Namespace,
     state: ServerState,
     reloader: Any,
+    metrics: Any,
     log: JsonLog,
     started: float,
     after_listening: list[Callable[[], object]],
 ) -> Any:
+    import asyncio
+
     import uvicorn
 
     from webhook.app import create_app
+    from webhook.connections import Listener, guarded_protocol
+
+    limits = Limits(
+        max_connections=args.max_connections,
+        handshake_seconds=args.handshake_timeout,
+        head_seconds=args.header_timeout,
+        body_seconds=args.body_timeout,
+    )
 
     class DrainingServer(uvicorn.Server):
         """uvicorn closes its listener on the first signal; this one drains first."""
@@ -414,10 +470,24 @@ def _build_server(
         forced = False
 
         async def startup(self, sockets: Any = None) -> None:
-            await super().startup(sockets)
-            if not self.started:
-                return
-            port = self.servers[0].sockets[0].getsockname()[1]
+            """uvicorn's startup with our Listener in place of `loop.create_server`: the
+            connection cap and stage deadlines need the accept and the handshake."""
+            await self.lifespan.startup()
+            listener = Listener(
+                sockets,
+                reloader.listening_context,
+                lambda _: None,  # type: ignore[arg-type,return-value]
+                limits,
+                metrics,
+                log,
+            )
+            listener.protocol_factory = guarded_protocol(
+                self.config, self.server_state, self.lifespan.state, listener
+            )
+            listener.start(asyncio.get_running_loop())
+            self.servers = [listener]  # type: ignore[list-item]  # closes like asyncio.Server
+            self.started = True
+            port = sockets[0].getsockname()[1]
             for start in after_listening:
                 start()
             gc.collect()
@@ -432,6 +502,7 @@ def _build_server(
                 cluster_version=".".join(map(str, state.cluster_version)),
                 tls_serial=f"{reloader.serial:x}",
                 client_ca=bool(args.client_ca),
+                max_connections=limits.max_connections,
             )
 
         def handle_exit(self, sig: int, frame: Any) -> None:
@@ -467,6 +538,5 @@ def _build_server(
         server_header=False,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-        ssl_context_factory=lambda _config, _default: reloader.listening_context,
     )
     return DrainingServer(config)

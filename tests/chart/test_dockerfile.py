@@ -97,9 +97,13 @@ def test_image_is_multi_stage_pinned_slim_and_non_root() -> None:
     builder, final = stages(text)
     assert builder[0] == ("FROM", "${PYTHON_IMAGE} AS builder")
     assert final[0] == ("FROM", "${PYTHON_IMAGE}")
-    builder_runs = " ".join(a for w, a in builder if w == "RUN")
+    builder_runs = " ".join(" ".join(a.split()) for w, a in builder if w == "RUN")
     assert "pip wheel" in builder_runs
-    final_runs = " ".join(a for w, a in final if w == "RUN")
+    # Exactly the lock file, hash-checked, in both stages; the project without dependencies.
+    assert "--require-hashes" in builder_runs and "-r requirements.lock" in builder_runs
+    final_runs = " ".join(" ".join(a.split()) for w, a in final if w == "RUN")
+    assert "--require-hashes" in final_runs and "-r /wheels/requirements.lock" in final_runs
+    assert "--no-deps /wheels/lifecycle_webhook-" in final_runs
     assert "from=builder" in final_runs and "--no-index" in final_runs
     assert "--only-binary=:all:" in final_runs and "python -m venv /opt/venv" in final_runs
     for tool in ("apt-get", "gcc", "build-essential", "make ", "COPY --from"):
@@ -145,7 +149,7 @@ def test_dockerignore_sends_only_the_package() -> None:
     for word, args in instructions(DOCKERFILE.read_text()):
         if word == "COPY" and "--from" not in args:
             copied |= set(args.split()[:-1])
-    assert copied == allowed == {"pyproject.toml", "README.md", "webhook"}
+    assert copied == allowed == {"requirements.lock", "pyproject.toml", "README.md", "webhook"}
 
 
 # --- the entrypoint, as the image runs it -------------------------------------------------

@@ -52,6 +52,15 @@ def poststart_handler(command: list[str]) -> dict[str, Any]:
     return {"exec": {"command": list(command)}}
 
 
+MAX_KNOWN_SLEEP = 2**62
+"""A longer sleep (no API server accepts one past int64) is not a sleep the grace period can be
+computed from: adding the drain to it could overflow the int64 the API server decodes."""
+
+
+def _known(seconds: int) -> int | None:
+    return seconds if 0 <= seconds <= MAX_KNOWN_SLEEP else None
+
+
 def sleep_seconds(handler: Any) -> int | None:
     """How long a handler is known to sleep: `sleep.seconds`, `sleep N`, or `sh -c "sleep N"`."""
     if not isinstance(handler, dict):
@@ -60,7 +69,7 @@ def sleep_seconds(handler: Any) -> int | None:
     if isinstance(sleep, dict):
         seconds = sleep.get("seconds")
         if isinstance(seconds, int) and not isinstance(seconds, bool):
-            return seconds
+            return _known(seconds)
         return None
     exec_action = handler.get("exec")
     command = exec_action.get("command") if isinstance(exec_action, dict) else None
@@ -68,11 +77,11 @@ def sleep_seconds(handler: Any) -> int | None:
         return None
     program = command[0].rsplit("/", 1)[-1] if command else ""
     if program == "sleep" and len(command) == 2 and command[1].isascii() and command[1].isdigit():
-        return int(command[1])
+        return _known(int(command[1])) if len(command[1]) < 20 else None
     if program in _SHELLS and len(command) == 3 and command[1] == "-c":
         match = _SHELL_SLEEP.fullmatch(command[2])
         if match and match.group(1).isascii():
-            return int(match.group(1))
+            return _known(int(match.group(1))) if len(match.group(1)) < 20 else None
     return None
 
 
@@ -81,5 +90,5 @@ def action_sleep_seconds(handler: Any) -> int | None:
     if isinstance(handler, dict) and isinstance(handler.get("sleep"), dict):
         seconds = handler["sleep"].get("seconds")
         if isinstance(seconds, int) and not isinstance(seconds, bool):
-            return seconds
+            return _known(seconds)
     return None

@@ -56,6 +56,8 @@ def mutate(pod: Pod, settings: Settings, *, explain: bool = False) -> Mutation:
     namespace = settings.namespace or str(metadata.get("namespace") or "")
 
     skip = _skip_reason(annotations, labels, namespace, settings)
+    if not isinstance(pod.get("spec"), dict):
+        skip = "spec is not an object"  # no API server sends this; no patch could apply to it
     if skip:
         return Mutation(ops=[], outcome="skipped", explanation=(printable(f"skipped: {skip}"),))
 
