@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from webhook.core import handlers, init_order
+from webhook.core import handlers, init_order, profiles, traffic
 from webhook.core import settings as settings_table
 from webhook.core.messages import WARNING_PREFIX, printable, quoted, warning
 from webhook.core.model import (
@@ -27,9 +27,11 @@ from webhook.core.model import (
     Mutation,
     PatchOp,
     Pod,
+    Profile,
     Settings,
 )
 from webhook.core.patch import set_member
+from webhook.core.values import FromLoadBalancer
 
 DEFAULT_GRACE_SECONDS = 30
 """What the API server defaults `terminationGracePeriodSeconds` to; a template may omit it."""
@@ -40,8 +42,14 @@ class _Plan:
     """What this pod gets; filled step by step, turned into operations at the end."""
 
     prestop: dict[int, dict[str, Any]] = field(default_factory=dict)
+    resized: dict[int, dict[str, Any] | None] = field(default_factory=dict)
+    """Our preStops of an earlier round, shortened (None: removed, a 0 s sleep before 1.33)."""
     poststart: dict[int, dict[str, Any]] = field(default_factory=dict)
     grace: tuple[int | None, int] | None = None
+    grace_record: tuple[int, int] | None = None
+    """The grace period before and after this round, for the status (also when unchanged)."""
+    ceiling: tuple[int, str] | None = None
+    """The ceiling that shaped the grace period, and its source, for the status."""
     init_order: list[str] | None = None
     warnings: list[AdmissionWarning] = field(default_factory=list)
     explanation: list[str] = field(default_factory=list)
@@ -72,13 +80,28 @@ def mutate(pod: Pod, settings: Settings, *, explain: bool = False) -> Mutation:
             )
         )
         namespace_annotations = {}
-    resolved = settings_table.resolve(settings.config, namespace_annotations, annotations)
+    facts = _facts(metadata, labels, namespace, settings)
+    choice = _NO_CHOICE
+    if settings.config.profiles:
+        choice = profiles.choose(settings.config.profiles, facts, explain)
+        if choice.exposure_unknown:
+            plan.warnings.append(
+                warning(
+                    "services_unavailable",
+                    "could not read the Services of namespace {}; profiles testing exposure "
+                    "do not apply",
+                    quoted(namespace),
+                )
+            )
+    profile = choice.profile
+    resolved = settings_table.resolve(settings.config, profile, namespace_annotations, annotations)
     if resolved["inject"] is False:
         layer = resolved.layers["inject"]
         return Mutation(
             ops=[], outcome="skipped", explanation=(f"skipped: {layer} annotation inject=false",)
         )
     if explain:
+        plan.explanation.extend(choice.explanation)
         plan.explanation.extend(_explain_settings(resolved))
 
     spec = _mapping(pod.get("spec"))
@@ -109,17 +132,23 @@ def mutate(pod: Pod, settings: Settings, *, explain: bool = False) -> Mutation:
             explanation=tuple(
                 printable(line) for line in (*plan.explanation, "denied: strict mode")
             ),
+            profile=profile.name if profile else None,
+            exposure=_exposure(facts),
         )
     plan.warnings[:0] = problems
 
-    _plan_lifecycle(plan, spec, containers, init_containers, regular, resolved, settings)
+    earlier = _parse_status(annotations.get(STATUS_KEY))
+    ours = _our_prestops(earlier, regular)
+    _plan_lifecycle(
+        plan, spec, containers, init_containers, regular, resolved, settings, facts, earlier, ours
+    )
     _plan_poststart(plan, regular, resolved)
     _plan_init_order(plan, init_containers, init_names, resolved)
 
     features = _features(plan)
     ops = [] if resolved["report-only"] else _operations(plan, containers, init_containers, spec)
     if features:
-        status = _status(plan, resolved, annotations.get(STATUS_KEY), containers)
+        status = _status(plan, resolved, profile, earlier, containers)
         if status != annotations.get(STATUS_KEY) and isinstance(pod.get("metadata", {}), dict):
             ops.append(_annotation_op(pod, STATUS_KEY, status))
     if resolved["report-only"] and features:
@@ -130,7 +159,55 @@ def mutate(pod: Pod, settings: Settings, *, explain: bool = False) -> Mutation:
         warnings=tuple(_unique(plan.warnings)),
         features=features,
         explanation=tuple(printable(line) for line in plan.explanation),
+        profile=profile.name if profile else None,
+        exposure=_exposure(facts),
     )
+
+
+_NO_CHOICE = profiles.Choice(None, (), exposure_unknown=False)
+
+
+def _facts(
+    metadata: Mapping[str, Any], labels: Mapping[str, Any], namespace: str, settings: Settings
+) -> profiles.PodFacts:
+    if settings.owner_kind is not None:
+        kind, reason = settings.owner_kind, "the workload's kind"
+    else:
+        kind, reason = traffic.owner_kind(metadata)
+    return profiles.PodFacts(
+        namespace=namespace,
+        labels=labels,
+        namespace_labels=settings.namespace_labels,
+        owner_kind=kind,
+        owner_reason=reason,
+        services=settings.services,
+    )
+
+
+def _exposure(facts: profiles.PodFacts) -> str | None:
+    return facts.traffic.exposure if facts.traffic_known else None
+
+
+def _our_prestops(
+    earlier: Mapping[str, Any], regular: list[tuple[int, dict[str, Any]]]
+) -> set[int]:
+    """Containers whose preStop the status says we added (in an earlier round), when that
+    round changed the pod (report-only changes nothing)."""
+    recorded = _mapping(earlier.get("containers"))
+    if not recorded or earlier.get("reportOnly") is True:
+        return set()
+    ours = set()
+    for index, container in regular:
+        hooks = recorded.get(container["name"])
+        lifecycle = container.get("lifecycle")
+        if (
+            isinstance(hooks, list)
+            and "preStop" in hooks
+            and isinstance(lifecycle, dict)
+            and isinstance(lifecycle.get("preStop"), dict)
+        ):
+            ours.add(index)
+    return ours
 
 
 def _skip_reason(
@@ -156,6 +233,9 @@ def _plan_lifecycle(
     regular: list[tuple[int, dict[str, Any]]],
     resolved: settings_table.Resolved,
     settings: Settings,
+    facts: profiles.PodFacts,
+    earlier: Mapping[str, Any],
+    ours: set[int],
 ) -> None:
     """preStop hooks and the grace period: they are sized together (SPEC 4.1, 4.2)."""
     restart_policy = spec.get("restartPolicy") or "Always"
@@ -184,13 +264,15 @@ def _plan_lifecycle(
                 " (annotation)" if explicit == 0 else "",
             )
         )
+        # Our own sleeps from an earlier round must fit a 0 set after us (the API checks them).
+        _shorten(plan, containers, ours, dict.fromkeys(ours, 0), settings.cluster_version)
         if explicit == 0:
-            target = _floor_at_user_sleeps(plan, 0, containers, init_containers)
+            target = _floor_at_user_sleeps(plan, 0, containers, init_containers, ours)
             if target != raw_grace:
                 plan.grace = (raw_grace, target)
         return
 
-    p = resolved["prestop-seconds"]
+    p = _prestop_seconds(plan, resolved, facts, settings)
     s = resolved["shutdown-seconds"]
     q = resolved["sidecar-shutdown-seconds"]
     sidecars = set(resolved["sidecars"] or ())
@@ -200,6 +282,9 @@ def _plan_lifecycle(
     for index, container in regular:
         name = container.get("name")
         lifecycle = container.get("lifecycle")
+        if index in ours:
+            plan.explanation.append(f"container {name}: keeps the preStop of an earlier round")
+            continue
         if name not in selected:
             plan.explanation.append(f"container {name}: not selected, no preStop")
             continue
@@ -230,42 +315,218 @@ def _plan_lifecycle(
         role = "listed sidecar, P+S" if name in sidecars else "P"
         plan.explanation.append(f"container {name}: preStop {_describe(handler)} ({role})")
 
-    required, terms = _required_grace(plan, regular, init_containers, sidecars, p, s, q)
+    natives = sum(
+        1 for c in init_containers if isinstance(c, dict) and c.get("restartPolicy") == "Always"
+    )
     current = DEFAULT_GRACE_SECONDS if raw_grace is None else max(raw_grace, 1)
+    ceiling = _ceiling(resolved, earlier, current, containers, ours)
+    needed, _ = _required_grace(plan, regular, natives, sidecars, p, s, q)
+    shortened: list[str] = []
+    if ceiling is not None and needed > ceiling[0] and (explicit is None or explicit > ceiling[0]):
+        shortened = _fit_to_ceiling(
+            plan, containers, regular, ours, ceiling[0] - q * natives, sidecars, s, q, settings
+        )
+    required, terms = _required_grace(plan, regular, natives, sidecars, p, s, q)
     if explicit is not None:
-        target = _floor_at_user_sleeps(plan, explicit, containers, init_containers)
-        if target < required:
-            plan.warnings.append(
-                warning(
-                    "grace_below_required",
-                    "terminationGracePeriodSeconds {} is below the "
-                    + f"{required}s the shutdown needs",
-                    target,
-                )
-            )
-        source = f"annotation {explicit}"
+        target, source = explicit, f"annotation {explicit}"
     else:
-        target = max(current, required)
-        source = f"max(current {current}, required {required})"
+        target, source = max(current, required), f"max(current {current}, required {required})"
+    capped = ceiling is not None and target > ceiling[0]
+    if ceiling is not None and (capped or shortened):
+        plan.warnings.append(_ceiling_warning(ceiling, needed, target, shortened))
+    if ceiling is not None and (capped or shortened or ceiling[1] == "webhook"):
+        plan.ceiling = ceiling
+    if ceiling is not None and capped:
+        target = ceiling[0]
+        source += f", capped at {target} ({_ceiling_name(ceiling)})"
+    if explicit is not None or capped:
+        target = _floor_at_user_sleeps(plan, target, containers, init_containers, ours, capped)
+    if explicit is not None and target < required:
+        plan.warnings.append(
+            warning(
+                "grace_below_required",
+                "terminationGracePeriodSeconds {} is below the "
+                + f"{required}s the shutdown needs",
+                target,
+            )
+        )
     if plan.explain:
         plan.explanation.append(
             f"grace period: required {required} = {terms}; final {target} = {source}"
         )
-
-    for index, handler in plan.prestop.items():
-        seconds = handlers.action_sleep_seconds(handler)
-        if seconds is not None and seconds > target:
-            handler["sleep"] = {"seconds": target}
-            plan.warnings.append(
-                warning(
-                    "sleep_clamped",
-                    "preStop sleep of container {} "
-                    + f"cut from {seconds}s to the {target}s grace period",
-                    containers[index].get("name"),
-                )
-            )
+    _clamp_sleeps(plan, containers, ours, target)
     if target != (DEFAULT_GRACE_SECONDS if raw_grace is None else raw_grace):
         plan.grace = (raw_grace, target)
+    plan.grace_record = (DEFAULT_GRACE_SECONDS if raw_grace is None else raw_grace, target)
+
+
+def _prestop_seconds(
+    plan: _Plan, resolved: settings_table.Resolved, facts: profiles.PodFacts, settings: Settings
+) -> int:
+    """P; `fromLoadBalancer or N` reads the delay the pod's load-balancer Services state."""
+    value = resolved["prestop-seconds"]
+    if not isinstance(value, FromLoadBalancer):
+        return int(value)
+    seen = facts.traffic
+    if seen.exposure == "unknown":
+        plan.warnings.append(
+            warning(
+                "services_unavailable",
+                "could not read the Services of namespace {}; "
+                + f"prestop-seconds is its fallback, {value.fallback}",
+                quoted(facts.namespace),
+            )
+        )
+        plan.explanation.append(f"prestop-seconds {value.fallback}: Services unknown, fallback")
+        return value.fallback
+    stated = seen.deregistration_delay()
+    if stated is None:
+        plan.explanation.append(
+            f"prestop-seconds {value.fallback}: fallback, no load-balancer Service selecting "
+            f"the pod states {traffic.DEREGISTRATION_DELAY} ({seen.describe()})"
+        )
+        return value.fallback
+    seconds, service = stated
+    bounded = min(seconds, settings.config.max_seconds)
+    bound = f", bounded by maxSeconds {bounded}" if bounded < seconds else ""
+    plan.explanation.append(
+        f"prestop-seconds {bounded}: Service {service} states "
+        f"{traffic.DEREGISTRATION_DELAY}={seconds}{bound}"
+    )
+    return bounded
+
+
+def _ceiling(
+    resolved: settings_table.Resolved,
+    earlier: Mapping[str, Any],
+    current: int,
+    containers: list[Any],
+    ours: set[int],
+) -> tuple[int, str] | None:
+    """The lowest ceiling in force, and its source: `maxGracePeriodSeconds` (its layer), or
+    `webhook` when a mutating webhook that ran after us lowered the grace period.
+
+    We never leave a grace period below what our own round set, nor below one of our own
+    sleeps; a pod that carries our status and shows either was changed after us. Its grace
+    period is then a ceiling, recorded in the status so that later rounds keep to it.
+    """
+    candidates: list[tuple[int, str]] = []
+    configured = resolved["max-grace-period-seconds"]
+    if configured is not None:
+        candidates.append((configured, resolved.layers["max-grace-period-seconds"]))
+    if earlier and earlier.get("reportOnly") is not True:
+        recorded = _mapping(earlier.get("ceiling"))
+        seconds = _count(recorded.get("seconds"))
+        if recorded.get("source") == "webhook" and seconds is not None:
+            candidates.append((seconds, "webhook"))
+        set_before = _count(_mapping(earlier.get("grace")).get("to"))
+        our_delays = [_hook_delay(containers[i]) for i in ours]
+        if (set_before is not None and current < set_before) or any(
+            delay is not None and delay > current for delay in our_delays
+        ):
+            candidates.append((current, "webhook"))
+    return min(candidates) if candidates else None
+
+
+def _fit_to_ceiling(
+    plan: _Plan,
+    containers: list[Any],
+    regular: list[tuple[int, dict[str, Any]]],
+    ours: set[int],
+    room: int,
+    sidecars: set[Any],
+    s: int,
+    q: int,
+    settings: Settings,
+) -> list[str]:
+    """Shorten injected sleeps (new, or ours from an earlier round) until each container's
+    sleep + drain fits in `room`; never below 0, never a hook the user wrote."""
+    delays: dict[int, int] = {}
+    for index, container in regular:
+        after = q if container.get("name") in sidecars else s
+        delays[index] = max(room - after, 0)
+    shortened = []
+    for index in sorted(plan.prestop):
+        handler = plan.prestop[index]
+        delay = handlers.sleep_seconds(handler)
+        if delay is None or delay <= delays[index]:
+            continue
+        resized = handlers.with_delay(handler, delays[index], settings.cluster_version)
+        if resized is None:
+            del plan.prestop[index]
+        else:
+            plan.prestop[index] = resized
+        shortened.append(f"{containers[index].get('name')} {delay}->{delays[index]}")
+    return shortened + _shorten(plan, containers, ours, delays, settings.cluster_version)
+
+
+def _shorten(
+    plan: _Plan,
+    containers: list[Any],
+    ours: set[int],
+    delays: Mapping[int, int],
+    version: tuple[int, int],
+) -> list[str]:
+    """Our own preStops from an earlier round, cut to `delays` where they are longer."""
+    shortened = []
+    for index in sorted(ours):
+        hook = containers[index]["lifecycle"]["preStop"]
+        delay = handlers.sleep_seconds(hook)
+        if delay is None or delay <= delays[index]:
+            continue
+        plan.resized[index] = handlers.with_delay(hook, delays[index], version)
+        shortened.append(f"{containers[index].get('name')} {delay}->{delays[index]}")
+    return shortened
+
+
+def _clamp_sleeps(plan: _Plan, containers: list[Any], ours: set[int], target: int) -> None:
+    """A `sleep` action of ours above the final grace period is cut to it (the API rejects it)."""
+    for index in sorted(plan.prestop.keys() | ours):
+        handler: dict[str, Any] | None = plan.prestop.get(index)
+        if handler is None:
+            handler = plan.resized.get(index, containers[index]["lifecycle"]["preStop"])
+        seconds = handlers.action_sleep_seconds(handler)
+        if seconds is None or seconds <= target:
+            continue
+        clamped = {"sleep": {"seconds": target}}
+        if index in plan.prestop:
+            plan.prestop[index] = clamped
+        else:
+            plan.resized[index] = clamped
+        plan.warnings.append(
+            warning(
+                "sleep_clamped",
+                "preStop sleep of container {} "
+                + f"cut from {seconds}s to the {target}s grace period",
+                containers[index].get("name"),
+            )
+        )
+
+
+def _ceiling_name(ceiling: tuple[int, str]) -> str:
+    source = ceiling[1]
+    if source == "webhook":
+        return "set by a later webhook"
+    if source.startswith("profile:"):
+        return f"profile {source.removeprefix('profile:')}"
+    return "maxGracePeriodSeconds"
+
+
+def _ceiling_warning(
+    ceiling: tuple[int, str], needed: int, target: int, shortened: list[str]
+) -> AdmissionWarning:
+    limit, name = ceiling[0], _ceiling_name(ceiling)
+    if not shortened:
+        return warning(
+            "grace_ceiling",
+            "grace period {}" + f"s lowered to the {limit}s ceiling ({name})",
+            target,
+        )
+    return warning(
+        "grace_ceiling",
+        f"grace period capped at {limit}s ({name}), {needed}s needed; sleeps cut: {{}}",
+        ", ".join(shortened),
+    )
 
 
 def _handler_mode(plan: _Plan, mode: str, version: tuple[int, int]) -> str:
@@ -287,7 +548,7 @@ def _handler_mode(plan: _Plan, mode: str, version: tuple[int, int]) -> str:
 def _required_grace(
     plan: _Plan,
     regular: list[tuple[int, dict[str, Any]]],
-    init_containers: list[Any],
+    natives: int,
     sidecars: set[Any],
     p: int,
     s: int,
@@ -304,32 +565,48 @@ def _required_grace(
         else:
             lifecycle = container.get("lifecycle")
             pre = lifecycle.get("preStop") if isinstance(lifecycle, dict) else None
+            if index in plan.resized:
+                pre = plan.resized[index]
             known = handlers.sleep_seconds(pre)
             delay = 0 if pre is None else known if known is not None else p
         after = q if listed else s
         if delay + after > longest:
             longest, longest_term = delay + after, f"{name}: {delay}+{after}"
-    natives = sum(
-        1 for c in init_containers if isinstance(c, dict) and c.get("restartPolicy") == "Always"
-    )
     required = longest + q * natives
     terms = f"({longest_term})" + (f" + {natives}x{q} native sidecars" if natives else "")
     return required, terms
 
 
 def _floor_at_user_sleeps(
-    plan: _Plan, target: int, containers: list[Any], init_containers: list[Any]
+    plan: _Plan,
+    target: int,
+    containers: list[Any],
+    init_containers: list[Any],
+    ours: set[int],
+    capped: bool = False,
 ) -> int:
-    """An explicit grace period may not go below a sleep the user wrote (the API rejects it)."""
+    """A grace period we lower may not go below a sleep the user wrote (the API rejects it)."""
     sleeps = [
-        seconds
-        for container in (*containers, *init_containers)
+        (seconds, container.get("name"))
+        for index, container in enumerate((*containers, *init_containers))
         if isinstance(container, dict) and isinstance(container.get("lifecycle"), dict)
         for hook in ("preStop", "postStart")
+        if not (hook == "preStop" and index in ours)
         if (seconds := handlers.action_sleep_seconds(container["lifecycle"].get(hook))) is not None
     ]
-    largest = max(sleeps, default=0)
-    if largest > target:
+    largest, name = max(sleeps, default=(0, None), key=lambda item: item[0])
+    if largest <= target:
+        return target
+    if capped:
+        plan.warnings.append(
+            warning(
+                "user_sleep_above_ceiling",
+                "container {} " + f"sleeps {largest}s in its own hook, above the {target}s "
+                "ceiling: grace period kept at its sleep",
+                name,
+            )
+        )
+    else:
         plan.warnings.append(
             warning(
                 "grace_raised",
@@ -338,8 +615,7 @@ def _floor_at_user_sleeps(
                 target,
             )
         )
-        return largest
-    return target
+    return largest
 
 
 def _plan_poststart(
@@ -385,7 +661,7 @@ def _plan_init_order(
 
 def _features(plan: _Plan) -> tuple[Feature, ...]:
     features: list[Feature] = []
-    if plan.prestop:
+    if plan.prestop or plan.resized:
         features.append("prestop")
     if plan.grace is not None:
         features.append("grace")
@@ -414,6 +690,12 @@ def _operations(
             ops.extend(set_member(lifecycle, parent, k, v) for k, v in additions.items())
         else:
             ops.append(set_member(container, base, "lifecycle", additions))
+    for index, handler in sorted(plan.resized.items()):
+        path = f"/spec/containers/{index}/lifecycle/preStop"
+        if handler is None:
+            ops.append({"op": "remove", "path": path})
+        else:
+            ops.append({"op": "replace", "path": path, "value": handler})
     if plan.grace is not None:
         ops.append(set_member(spec, "/spec", "terminationGracePeriodSeconds", plan.grace[1]))
     if plan.init_order is not None:
@@ -441,32 +723,39 @@ def _annotation_op(pod: Pod, key: str, value: str) -> PatchOp:
 def _status(
     plan: _Plan,
     resolved: settings_table.Resolved,
-    previous: Any,
+    profile: Profile | None,
+    earlier: Mapping[str, Any],
     containers: list[Any],
 ) -> str:
     """`lifecycle-webhook.io/status`: what was added, merged with an earlier round's record."""
-    added: dict[str, list[str]] = {}
+    merged: dict[str, Any] = dict(_mapping(earlier.get("containers")))
     for index in sorted(plan.prestop.keys() | plan.poststart.keys()):
         name = str(containers[index].get("name"))
-        added[name] = [
+        merged[name] = [
             hook
             for hook, planned in (("preStop", plan.prestop), ("postStart", plan.poststart))
             if index in planned
         ]
+    for index, handler in plan.resized.items():
+        name = str(containers[index].get("name"))
+        if handler is None and isinstance(merged.get(name), list):
+            merged[name] = [hook for hook in merged[name] if hook != "preStop"]
+            if not merged[name]:
+                del merged[name]
     status: dict[str, Any] = {
         "settings": {key: resolved.layers[key] for key in sorted(resolved.layers)},
     }
-    earlier = _parse_status(previous)
-    merged_containers = {**_mapping(earlier.get("containers")), **added}
-    if merged_containers:
-        status["containers"] = merged_containers
-    if plan.grace is not None:
-        earlier_grace = _mapping(earlier.get("grace"))
-        before = DEFAULT_GRACE_SECONDS if plan.grace[0] is None else plan.grace[0]
-        start = earlier_grace.get("from", before)
-        status["grace"] = {"from": start, "to": plan.grace[1]}
+    if profile is not None:
+        status["profile"] = profile.name
+    if merged:
+        status["containers"] = merged
+    if plan.grace_record is not None:
+        start = _mapping(earlier.get("grace")).get("from", plan.grace_record[0])
+        status["grace"] = {"from": start, "to": plan.grace_record[1]}
     elif "grace" in earlier:
         status["grace"] = earlier["grace"]
+    if plan.ceiling is not None:
+        status["ceiling"] = {"seconds": plan.ceiling[0], "source": plan.ceiling[1]}
     if plan.init_order is not None:
         status["initOrder"] = plan.init_order
     elif "initOrder" in earlier:
@@ -543,6 +832,15 @@ def _unique(warnings: list[AdmissionWarning]) -> list[AdmissionWarning]:
             seen.add(item.text)
             out.append(item)
     return out
+
+
+def _hook_delay(container: Mapping[str, Any]) -> int | None:
+    return handlers.sleep_seconds(container["lifecycle"]["preStop"])
+
+
+def _count(value: Any) -> int | None:
+    """A non-negative integer read back from our status annotation, else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _mapping(value: Any) -> dict[str, Any]:
