@@ -336,6 +336,27 @@ class PodSite:
     namespace: str
     pod: Document
     store: Callable[[Document], None]
+    owner_kind: str | None = None
+    """The workload a template belongs to (`Deployment`; `none` for a PodTemplate); None for
+    a Pod, whose ownerReferences say."""
+
+
+def services(document: Document, depth: int = 0) -> list[tuple[str, dict[str, Any]]]:
+    """Every v1 Service in a document (itself or `List` items), with its namespace, as the
+    core reads Services (`core.traffic.service_view`)."""
+    from webhook.core.traffic import service_view
+
+    if document.get("kind") == "List":
+        found = []
+        items = document.get("items")
+        if isinstance(items, list) and depth < _MAX_LIST_DEPTH:
+            for item in items:
+                if isinstance(item, dict):
+                    found.extend(services(item, depth + 1))
+        return found
+    if document.get("kind") == "Service" and document.get("apiVersion") == "v1":
+        return [(_namespace_of(document), service_view(document))]
+    return []
 
 
 def pod_sites(document: Document) -> list[PodSite]:
@@ -450,7 +471,9 @@ def _template_site(owner: Document, parent: Document, key: str, sites: list[PodS
             template["spec"] = mutated["spec"]
 
     label = f"{describe(owner)} (pod template)"
-    sites.append(PodSite(label, namespace, view, store))
+    kind = owner.get("kind")
+    owner_kind = kind if isinstance(kind, str) and kind != "PodTemplate" else "none"
+    sites.append(PodSite(label, namespace, view, store, owner_kind))
 
 
 _ABSENT: Any = object()

@@ -304,8 +304,9 @@ def test_explain_says_why_each_profile_did_not_match():
         explain=True,
     )
     lines = mutation.explanation
-    assert lines[:4] == (
+    assert lines[:5] == (
         "owner kind none (no controller ownerReference)",
+        "exposure cluster: web (ClusterIP)",
         "profile not-exposed: not matched (exposure cluster, want none)",
         "profile nlb: not matched (exposure cluster, want loadBalancer)",
         "no profile matched",

@@ -49,14 +49,19 @@ class Case:
         return ["mutate", "-f", str(self.path), *self.flags]
 
 
+_PATH_FLAGS = ("--config", "--services")
+
+
 def _rooted(flags: list[str]) -> list[str]:
-    """`--config` paths are written relative to the repository root; make them absolute."""
+    """`--config` and `--services` paths are written relative to the repository root; make
+    them absolute."""
     out = list(flags)
     for index, flag in enumerate(out):
-        if flag == "--config" and index + 1 < len(out):
+        name, equals, value = flag.partition("=")
+        if flag in _PATH_FLAGS and index + 1 < len(out):
             out[index + 1] = str(ROOT / out[index + 1])
-        elif flag.startswith("--config="):
-            out[index] = "--config=" + str(ROOT / flag.removeprefix("--config="))
+        elif equals and name in _PATH_FLAGS:
+            out[index] = f"{name}={ROOT / value}"
     return out
 
 
@@ -115,12 +120,12 @@ def _lines(lines: list[str]) -> str:
 
 def run_core(case: Case) -> CoreRun:
     """Every pod of the case through `mutate` + `apply_patch`, written back into its document."""
-    case_options = options(case)
     documents = load_documents(case.path.read_text(encoding="utf-8"))
+    case_options = options(case).with_input(documents)
     runs: list[SiteRun] = []
     for document in documents:
         for site in pod_sites(document):
-            settings = case_options.settings(site.namespace)
+            settings = case_options.settings(site.namespace, site.owner_kind)
             mutation = mutate(site.pod, settings)
             before = copy.deepcopy(site.pod)
             after = before

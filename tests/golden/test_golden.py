@@ -125,8 +125,12 @@ def _assert_adds_are_new(document: dict[str, Any], ops: list[dict[str, Any]]) ->
 
 def _expected_stderr(case: harness.Case) -> str:
     denials = _read(case, harness.DENIED).splitlines()
-    return _read(case, harness.WARNINGS) + "".join(
-        f"lifecycle-webhook mutate: denied: {line}\n" for line in denials
+    reasons = {w.reason for run in harness.run_core(case).sites for w in run.mutation.warnings}
+    hint = cli.SERVICES_HINT + "\n" if "services_unavailable" in reasons else ""
+    return (
+        _read(case, harness.WARNINGS)
+        + hint
+        + "".join(f"lifecycle-webhook mutate: denied: {line}\n" for line in denials)
     )
 
 
@@ -257,10 +261,11 @@ def test_http(case: harness.Case) -> None:
 @pytest.mark.parametrize("case", MUTATED_CASES, ids=[case.name for case in MUTATED_CASES])
 def test_output_is_a_fixed_point(case: harness.Case) -> None:
     """The webhook run on its own output changes nothing (SPEC 4.4)."""
-    options = harness.options(case)
-    for document in _golden_documents(case):
+    documents = _golden_documents(case)
+    options = harness.options(case).with_input(documents)
+    for document in documents:
         for site in pod_sites(document):
-            mutation = mutate(site.pod, options.settings(site.namespace))
+            mutation = mutate(site.pod, options.settings(site.namespace, site.owner_kind))
             assert mutation.ops == [], (site.label, mutation.ops)
             assert mutation.outcome in ("unchanged", "skipped")
 

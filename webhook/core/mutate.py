@@ -331,16 +331,17 @@ def _plan_lifecycle(
         target, source = explicit, f"annotation {explicit}"
     else:
         target, source = max(current, required), f"max(current {current}, required {required})"
+    uncapped = target
     capped = ceiling is not None and target > ceiling[0]
-    if ceiling is not None and (capped or shortened):
-        plan.warnings.append(_ceiling_warning(ceiling, needed, target, shortened))
-    if ceiling is not None and (capped or shortened or ceiling[1] == "webhook"):
-        plan.ceiling = ceiling
     if ceiling is not None and capped:
         target = ceiling[0]
         source += f", capped at {target} ({_ceiling_name(ceiling)})"
     if explicit is not None or capped:
         target = _floor_at_user_sleeps(plan, target, containers, init_containers, ours, capped)
+    if ceiling is not None and (shortened or (capped and target == ceiling[0])):
+        plan.warnings.append(_ceiling_warning(ceiling, needed, uncapped, shortened))
+    if ceiling is not None and (capped or shortened or ceiling[1] == "webhook"):
+        plan.ceiling = ceiling
     if explicit is not None and target < required:
         plan.warnings.append(
             warning(

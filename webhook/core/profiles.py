@@ -51,19 +51,21 @@ def choose(profiles: Sequence[Profile], facts: PodFacts, explain: bool) -> Choic
     unknown = False
     if explain:
         lines.append(f"owner kind {facts.owner_kind} ({facts.owner_reason})")
+    chosen = None
     for profile in profiles:
         miss = _miss(profile, facts)
         if miss is None:
-            if explain:
-                lines.append(f"profile {profile.name}: matched")
-            return Choice(profile, tuple(lines), unknown)
+            chosen = profile
+            break
         if miss == _UNKNOWN_EXPOSURE:
             unknown = True
         if explain:
             lines.append(f"profile {profile.name}: not matched ({miss})")
     if explain:
-        lines.append("no profile matched")
-    return Choice(None, tuple(lines), unknown)
+        lines.append(f"profile {chosen.name}: matched" if chosen else "no profile matched")
+        if facts.traffic_known:
+            lines.insert(1, facts.traffic.describe())
+    return Choice(chosen, tuple(lines), unknown)
 
 
 _UNKNOWN_EXPOSURE = "exposure unknown: the namespace's Services could not be read"
