@@ -255,7 +255,10 @@ def _plan_lifecycle(
         )
         return
     explicit = resolved["termination-grace-period-seconds"]
-    zero = explicit == 0 if explicit is not None else raw_grace == 0
+    # A 0 is kept: the user's, or one a webhook called after us set (over our annotation).
+    zero = explicit == 0 or (
+        raw_grace == 0 and (explicit is None or (_count(_sized(earlier)) or 0) > 0)
+    )
     if zero:
         plan.warnings.append(
             warning(
@@ -336,8 +339,9 @@ def _plan_lifecycle(
     if ceiling is not None and capped:
         target = ceiling[0]
         source += f", capped at {target} ({_ceiling_name(ceiling)})"
-    if explicit is not None or capped:
-        target = _floor_at_user_sleeps(plan, target, containers, init_containers, ours, capped)
+    target = _floor_at_user_sleeps(
+        plan, target, containers, init_containers, ours, capped, explicit is not None
+    )
     if ceiling is not None and (shortened or (capped and target == ceiling[0])):
         plan.warnings.append(_ceiling_warning(ceiling, needed, uncapped, shortened))
     if ceiling is not None and (capped or shortened or ceiling[1] == "webhook"):
@@ -420,7 +424,7 @@ def _ceiling(
         seconds = _count(recorded.get("seconds"))
         if recorded.get("source") == "webhook" and seconds is not None:
             candidates.append((seconds, "webhook"))
-        set_before = _count(_mapping(earlier.get("grace")).get("to"))
+        set_before = _count(_sized(earlier))
         our_delays = [_hook_delay(containers[i]) for i in ours]
         if (set_before is not None and current < set_before) or any(
             delay is not None and delay > current for delay in our_delays
@@ -585,8 +589,9 @@ def _floor_at_user_sleeps(
     init_containers: list[Any],
     ours: set[int],
     capped: bool = False,
+    explicit: bool = True,
 ) -> int:
-    """A grace period we lower may not go below a sleep the user wrote (the API rejects it)."""
+    """The grace period may not go below a sleep the user wrote (the API rejects the pod)."""
     sleeps = [
         (seconds, container.get("name"))
         for index, container in enumerate((*containers, *init_containers))
@@ -611,8 +616,8 @@ def _floor_at_user_sleeps(
         plan.warnings.append(
             warning(
                 "grace_raised",
-                "termination-grace-period-seconds {} "
-                + f"raised to {largest}, the pod's longest sleep",
+                ("termination-grace-period-seconds {}" if explicit else "grace period {}s")
+                + f" raised to {largest}, the pod's longest sleep",
                 target,
             )
         )
@@ -837,6 +842,13 @@ def _unique(warnings: list[AdmissionWarning]) -> list[AdmissionWarning]:
 
 def _hook_delay(container: Mapping[str, Any]) -> int | None:
     return handlers.sleep_seconds(container["lifecycle"]["preStop"])
+
+
+def _sized(earlier: Mapping[str, Any]) -> Any:
+    """The grace period an earlier round of ours set (None if it changed nothing)."""
+    if earlier.get("reportOnly") is True:
+        return None
+    return _mapping(earlier.get("grace")).get("to")
 
 
 def _count(value: Any) -> int | None:
