@@ -339,12 +339,13 @@ class PodSite:
     owner_kind: str | None = None
     """The workload a template belongs to (`Deployment`; `none` for a PodTemplate); None for
     a Pod, whose ownerReferences say."""
+    owner_name: str = ""
 
 
 def services(document: Document, depth: int = 0) -> list[tuple[str, dict[str, Any]]]:
     """Every v1 Service in a document (itself or `List` items), with its namespace, as the
-    core reads Services (`core.traffic.service_view`)."""
-    from webhook.core.traffic import service_view
+    core reads Services (`core.traffic.service_summary`)."""
+    from webhook.core.traffic import service_summary
 
     if document.get("kind") == "List":
         found = []
@@ -355,7 +356,8 @@ def services(document: Document, depth: int = 0) -> list[tuple[str, dict[str, An
                     found.extend(services(item, depth + 1))
         return found
     if document.get("kind") == "Service" and document.get("apiVersion") == "v1":
-        return [(_namespace_of(document), service_view(document))]
+        summary = service_summary(document)
+        return [(_namespace_of(document), dict(summary))] if summary else []
     return []
 
 
@@ -473,7 +475,10 @@ def _template_site(owner: Document, parent: Document, key: str, sites: list[PodS
     label = f"{describe(owner)} (pod template)"
     kind = owner.get("kind")
     owner_kind = kind if isinstance(kind, str) and kind != "PodTemplate" else "none"
-    sites.append(PodSite(label, namespace, view, store, owner_kind))
+    owner_metadata = owner.get("metadata")
+    name = owner_metadata.get("name") if isinstance(owner_metadata, dict) else None
+    owner_name = name if isinstance(name, str) else ""
+    sites.append(PodSite(label, namespace, view, store, owner_kind, owner_name))
 
 
 _ABSENT: Any = object()

@@ -345,7 +345,9 @@ def services_of_namespace(draw):
 @st.composite
 def profile_configs(draw):
     """A config file (as YAML would give it) with profiles and maybe a ceiling."""
-    config: dict[str, Any] = {"maxSeconds": 3600}  # the annotations of `scenarios` are valid up to 120
+    config: dict[str, Any] = {
+        "maxSeconds": 3600
+    }  # the annotations of `scenarios` are valid up to 120
     if draw(st.booleans()):
         config["maxGracePeriodSeconds"] = draw(st.integers(1, 90))
     if draw(st.booleans()):

@@ -8,7 +8,7 @@ import pytest
 from webhook.core import ConfigError, Settings, mutate, parse_config
 from webhook.core.model import STATUS_KEY
 from webhook.core.selectors import parse_selector
-from webhook.core.traffic import TARGET_GROUP_ATTRIBUTES, owner_kind, service_view, traffic
+from webhook.core.traffic import TARGET_GROUP_ATTRIBUTES, owner_kind, service_summary, traffic
 
 from .test_mutate import P, grace, make_pod, prestop, run, texts
 
@@ -29,7 +29,7 @@ def service(name, kind="ClusterIP", selector=None, annotations=None):
     spec = {"type": kind}
     if selector is not None:
         spec["selector"] = selector
-    return service_view(
+    return service_summary(
         {"metadata": {"name": name, "annotations": annotations or {}}, "spec": spec}
     )
 
@@ -141,8 +141,8 @@ def test_exposure_from_the_services_that_select_the_pod():
     assert traffic([partial], {**WEB, "tier": "front"}).exposure == "loadBalancer"
 
 
-def test_service_view_defaults_the_type_to_cluster_ip():
-    assert service_view({"metadata": {"name": "s"}, "spec": {"selector": WEB}}) == {
+def test_service_summary_defaults_the_type_to_cluster_ip():
+    assert service_summary({"metadata": {"name": "s"}, "spec": {"selector": WEB}}) == {
         "name": "s",
         "type": "ClusterIP",
         "selector": WEB,

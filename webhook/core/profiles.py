@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from webhook.core import traffic
-from webhook.core.model import Profile
+from webhook.core.model import PREFIX, Config, Profile
+from webhook.core.values import FromLoadBalancer
 
 
 @dataclass(slots=True)
@@ -90,3 +91,26 @@ def _miss(profile: Profile, facts: PodFacts) -> str | None:
         if exposure not in match.exposure:
             return f"exposure {exposure}, want {'|'.join(sorted(match.exposure))}"
     return None
+
+
+_PRESTOP_SECONDS = PREFIX + "prestop-seconds"
+
+
+def config_reads_services(config: Config) -> bool:
+    """Whether pods may need the Services of their namespace under `config`: a profile tests
+    exposure, or the file or a profile says `prestopSeconds: fromLoadBalancer or N`. The
+    server watches Services only then (annotations alone are served by live reads)."""
+    layers = [config.values, *(profile.values for profile in config.profiles)]
+    return any(profile.match.exposure is not None for profile in config.profiles) or any(
+        isinstance(values.get("prestop-seconds"), FromLoadBalancer) for values in layers
+    )
+
+
+def annotations_read_services(*annotations: Mapping[str, Any] | None) -> bool:
+    """Whether a Namespace or Pod annotation asks for `fromLoadBalancer`."""
+    return any(
+        isinstance(found, str) and found.startswith("fromLoadBalancer")
+        for layer in annotations
+        if layer
+        for found in (layer.get(_PRESTOP_SECONDS),)
+    )

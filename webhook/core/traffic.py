@@ -1,8 +1,8 @@
 """What routes traffic to a pod, and what made it: the facts a profile can match on.
 
 Pure. The adapters pass the Services of the pod's namespace as plain dicts
-(`{"name", "type", "selector", "annotations"}`, see `service_view`), or None when they could
-not be read; the owner kind comes from the pod's own `ownerReferences` unless the adapter
+(`{"name", "type", "selector", "annotations"}`, see `service_summary`), or None when they
+could not be read; the owner kind comes from the pod's own `ownerReferences` unless the adapter
 knows better (a pod template offline).
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 Exposure = Literal["none", "cluster", "loadBalancer", "unknown"]
 EXPOSURES: tuple[str, ...] = ("none", "cluster", "loadBalancer")
@@ -34,6 +34,7 @@ _OWNER_GROUPS = {
 }
 _LOAD_BALANCER_TYPES = frozenset({"NodePort", "LoadBalancer"})
 TARGET_GROUP_ATTRIBUTES = "service.beta.kubernetes.io/aws-load-balancer-target-group-attributes"
+"""The one Service annotation kept: it may state the load balancer's deregistration delay."""
 DEREGISTRATION_DELAY = "deregistration_delay.timeout_seconds"
 
 _CRONJOB_JOB = re.compile(r".+-([0-9]{8,10})", re.ASCII)
@@ -42,19 +43,42 @@ _CRONJOB_MINUTES = (25_000_000, 10_000_000_000)
 getJobName). Minutes from 2017 on: a date-like suffix (`backup-20260101`) is far below."""
 
 
-def service_view(service: Mapping[str, Any]) -> dict[str, Any]:
-    """The four fields of a Service object the core reads, as the adapters hand them over."""
-    metadata = service.get("metadata")
-    metadata = metadata if isinstance(metadata, Mapping) else {}
+class Service(TypedDict):
+    name: str
+    type: str
+    selector: dict[str, str]
+    annotations: dict[str, str]
+
+
+def _strings(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def service_summary(service: Mapping[str, Any]) -> Service | None:
+    """What exposure needs of a Service object (from the API server or a manifest); None
+    for something without a name.
+
+    `type` defaults to ClusterIP (the API server's default; headless Services are ClusterIP
+    too); an ExternalName Service selects no pod; of the annotations only
+    TARGET_GROUP_ATTRIBUTES is kept (a cache of every Service stays small).
+    """
+    meta = service.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        return None
     spec = service.get("spec")
-    spec = spec if isinstance(spec, Mapping) else {}
-    annotations = metadata.get("annotations")
-    selector = spec.get("selector")
+    spec = spec if isinstance(spec, dict) else {}
+    kind = spec.get("type")
+    kind = kind if isinstance(kind, str) else "ClusterIP"
+    annotations = _strings(meta.get("annotations"))
     return {
-        "name": str(metadata.get("name") or ""),
-        "type": spec.get("type") or "ClusterIP",
-        "selector": dict(selector) if isinstance(selector, Mapping) else {},
-        "annotations": dict(annotations) if isinstance(annotations, Mapping) else {},
+        "name": name,
+        "type": kind,
+        "selector": {} if kind == "ExternalName" else _strings(spec.get("selector")),
+        "annotations": {k: v for k, v in annotations.items() if k == TARGET_GROUP_ATTRIBUTES},
     }
 
 
