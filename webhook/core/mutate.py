@@ -329,6 +329,11 @@ def _plan_lifecycle(
         shortened = _fit_to_ceiling(
             plan, containers, regular, ours, ceiling[0] - q * natives, sidecars, s, q, settings
         )
+    if shortened and ceiling is not None:
+        plan.explanation.append(
+            f"ceiling {ceiling[0]} ({_ceiling_name(ceiling)}) below the {needed} needed: "
+            f"injected sleeps shortened: {', '.join(shortened)}"
+        )
     required, terms = _required_grace(plan, regular, natives, sidecars, p, s, q)
     if explicit is not None:
         target, source = explicit, f"annotation {explicit}"
