@@ -7,14 +7,10 @@ output yields no operations.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
-from webhook.core import handlers, init_order, profiles, traffic
+from webhook.core import ceilings, handlers, init_order, profiles, status, traffic
 from webhook.core import settings as settings_table
 from webhook.core.messages import WARNING_PREFIX, printable, quoted, warning
 from webhook.core.model import (
@@ -27,40 +23,18 @@ from webhook.core.model import (
     Mutation,
     PatchOp,
     Pod,
-    Profile,
     Settings,
 )
 from webhook.core.patch import set_member
+from webhook.core.plan import DEFAULT_GRACE_SECONDS, Plan, mapping
 from webhook.core.values import FromLoadBalancer
-
-DEFAULT_GRACE_SECONDS = 30
-"""What the API server defaults `terminationGracePeriodSeconds` to; a template may omit it."""
-
-
-@dataclass(slots=True)
-class _Plan:
-    """What this pod gets; filled step by step, turned into operations at the end."""
-
-    prestop: dict[int, dict[str, Any]] = field(default_factory=dict)
-    resized: dict[int, dict[str, Any] | None] = field(default_factory=dict)
-    """Our preStops of an earlier round, shortened (None: removed, a 0 s sleep before 1.33)."""
-    poststart: dict[int, dict[str, Any]] = field(default_factory=dict)
-    grace: tuple[int | None, int] | None = None
-    grace_record: tuple[int, int] | None = None
-    """The grace period before and after this round, for the status (also when unchanged)."""
-    ceiling: tuple[int, str] | None = None
-    """The ceiling that shaped the grace period, and its source, for the status."""
-    init_order: list[str] | None = None
-    warnings: list[AdmissionWarning] = field(default_factory=list)
-    explanation: list[str] = field(default_factory=list)
-    explain: bool = False
 
 
 def mutate(pod: Pod, settings: Settings, *, explain: bool = False) -> Mutation:
     """The operations for `pod`; with `explain`, also each decision in words (for the CLI)."""
-    metadata = _mapping(pod.get("metadata"))
-    annotations = _mapping(metadata.get("annotations"))
-    labels = _mapping(metadata.get("labels"))
+    metadata = mapping(pod.get("metadata"))
+    annotations = mapping(metadata.get("annotations"))
+    labels = mapping(metadata.get("labels"))
     namespace = settings.namespace or str(metadata.get("namespace") or "")
 
     skip = _skip_reason(annotations, labels, namespace, settings)
@@ -69,7 +43,7 @@ def mutate(pod: Pod, settings: Settings, *, explain: bool = False) -> Mutation:
     if skip:
         return Mutation(ops=[], outcome="skipped", explanation=(printable(f"skipped: {skip}"),))
 
-    plan = _Plan(explain=explain)
+    plan = Plan(explain=explain)
     namespace_annotations = settings.namespace_annotations
     if namespace_annotations is None:
         plan.warnings.append(
@@ -80,7 +54,14 @@ def mutate(pod: Pod, settings: Settings, *, explain: bool = False) -> Mutation:
             )
         )
         namespace_annotations = {}
-    facts = _facts(metadata, labels, namespace, settings)
+    facts = profiles.PodFacts(
+        namespace=namespace,
+        metadata=metadata,
+        labels=labels,
+        namespace_labels=settings.namespace_labels,
+        services=settings.services,
+        known_owner_kind=settings.owner_kind,
+    )
     choice = _NO_CHOICE
     if settings.config.profiles:
         choice = profiles.choose(settings.config.profiles, facts, explain)
@@ -104,7 +85,7 @@ def mutate(pod: Pod, settings: Settings, *, explain: bool = False) -> Mutation:
         plan.explanation.extend(choice.explanation)
         plan.explanation.extend(_explain_settings(resolved))
 
-    spec = _mapping(pod.get("spec"))
+    spec = mapping(pod.get("spec"))
     containers = _list(spec.get("containers"))
     init_containers = _list(spec.get("initContainers"))
     # A container without a string name cannot be valid; it is left alone (and not counted).
@@ -137,7 +118,7 @@ def mutate(pod: Pod, settings: Settings, *, explain: bool = False) -> Mutation:
         )
     plan.warnings[:0] = problems
 
-    earlier = _parse_status(annotations.get(STATUS_KEY))
+    earlier = status.parse(annotations.get(STATUS_KEY))
     ours = _our_prestops(earlier, regular)
     _plan_lifecycle(
         plan, spec, containers, init_containers, regular, resolved, settings, facts, earlier, ours
@@ -148,9 +129,9 @@ def mutate(pod: Pod, settings: Settings, *, explain: bool = False) -> Mutation:
     features = _features(plan)
     ops = [] if resolved["report-only"] else _operations(plan, containers, init_containers, spec)
     if features:
-        status = _status(plan, resolved, profile, earlier, containers)
-        if status != annotations.get(STATUS_KEY) and isinstance(pod.get("metadata", {}), dict):
-            ops.append(_annotation_op(pod, STATUS_KEY, status))
+        record = status.build(plan, resolved, profile, earlier, containers)
+        if record != annotations.get(STATUS_KEY) and isinstance(pod.get("metadata", {}), dict):
+            ops.append(_annotation_op(pod, STATUS_KEY, record))
     if resolved["report-only"] and features:
         plan.explanation.append("report-only: nothing but the status annotation is changed")
     return Mutation(
@@ -158,30 +139,14 @@ def mutate(pod: Pod, settings: Settings, *, explain: bool = False) -> Mutation:
         outcome="mutated" if ops else "unchanged",
         warnings=tuple(_unique(plan.warnings)),
         features=features,
-        explanation=tuple(printable(line) for line in plan.explanation),
+        # Escaped only when asked for: the server never shows it, and it is per review.
+        explanation=tuple(printable(line) for line in plan.explanation) if explain else (),
         profile=profile.name if profile else None,
         exposure=_exposure(facts),
     )
 
 
 _NO_CHOICE = profiles.Choice(None, (), exposure_unknown=False)
-
-
-def _facts(
-    metadata: Mapping[str, Any], labels: Mapping[str, Any], namespace: str, settings: Settings
-) -> profiles.PodFacts:
-    if settings.owner_kind is not None:
-        kind, reason = settings.owner_kind, "the workload's kind"
-    else:
-        kind, reason = traffic.owner_kind(metadata)
-    return profiles.PodFacts(
-        namespace=namespace,
-        labels=labels,
-        namespace_labels=settings.namespace_labels,
-        owner_kind=kind,
-        owner_reason=reason,
-        services=settings.services,
-    )
 
 
 def _exposure(facts: profiles.PodFacts) -> str | None:
@@ -193,7 +158,7 @@ def _our_prestops(
 ) -> set[int]:
     """Containers whose preStop the status says we added (in an earlier round), when that
     round changed the pod (report-only changes nothing)."""
-    recorded = _mapping(earlier.get("containers"))
+    recorded = mapping(earlier.get("containers"))
     if not recorded or earlier.get("reportOnly") is True:
         return set()
     ours = set()
@@ -226,7 +191,7 @@ def _skip_reason(
 
 
 def _plan_lifecycle(
-    plan: _Plan,
+    plan: Plan,
     spec: Mapping[str, Any],
     containers: list[Any],
     init_containers: list[Any],
@@ -257,7 +222,7 @@ def _plan_lifecycle(
     explicit = resolved["termination-grace-period-seconds"]
     # A 0 is kept: the user's, or one a webhook called after us set (over our annotation).
     zero = explicit == 0 or (
-        raw_grace == 0 and (explicit is None or (_count(_sized(earlier)) or 0) > 0)
+        raw_grace == 0 and (explicit is None or (ceilings.count(ceilings.sized(earlier)) or 0) > 0)
     )
     if zero:
         plan.warnings.append(
@@ -268,7 +233,7 @@ def _plan_lifecycle(
             )
         )
         # Our own sleeps from an earlier round must fit a 0 set after us (the API checks them).
-        _shorten(plan, containers, ours, dict.fromkeys(ours, 0), settings.cluster_version)
+        ceilings.shorten(plan, containers, ours, dict.fromkeys(ours, 0), settings.cluster_version)
         if explicit == 0:
             target = _floor_at_user_sleeps(plan, 0, containers, init_containers, ours)
             if target != raw_grace:
@@ -322,19 +287,20 @@ def _plan_lifecycle(
         1 for c in init_containers if isinstance(c, dict) and c.get("restartPolicy") == "Always"
     )
     current = DEFAULT_GRACE_SECONDS if raw_grace is None else max(raw_grace, 1)
-    ceiling = _ceiling(resolved, earlier, current, containers, ours)
-    needed, _ = _required_grace(plan, regular, natives, sidecars, p, s, q)
+    ceiling = ceilings.ceiling(resolved, earlier, current, containers, ours)
+    needed, terms = _required_grace(plan, regular, natives, sidecars, p, s, q)
+    required = needed
     shortened: list[str] = []
     if ceiling is not None and needed > ceiling[0] and (explicit is None or explicit > ceiling[0]):
-        shortened = _fit_to_ceiling(
+        shortened = ceilings.fit(
             plan, containers, regular, ours, ceiling[0] - q * natives, sidecars, s, q, settings
         )
     if shortened and ceiling is not None:
         plan.explanation.append(
-            f"ceiling {ceiling[0]} ({_ceiling_name(ceiling)}) below the {needed} needed: "
+            f"ceiling {ceiling[0]} ({ceilings.describe(ceiling)}) below the {needed} needed: "
             f"injected sleeps shortened: {', '.join(shortened)}"
         )
-    required, terms = _required_grace(plan, regular, natives, sidecars, p, s, q)
+        required, terms = _required_grace(plan, regular, natives, sidecars, p, s, q)
     if explicit is not None:
         target, source = explicit, f"annotation {explicit}"
     else:
@@ -343,12 +309,12 @@ def _plan_lifecycle(
     capped = ceiling is not None and target > ceiling[0]
     if ceiling is not None and capped:
         target = ceiling[0]
-        source += f", capped at {target} ({_ceiling_name(ceiling)})"
+        source += f", capped at {target} ({ceilings.describe(ceiling)})"
     target = _floor_at_user_sleeps(
         plan, target, containers, init_containers, ours, capped, explicit is not None
     )
     if ceiling is not None and (shortened or (capped and target == ceiling[0])):
-        plan.warnings.append(_ceiling_warning(ceiling, needed, uncapped, shortened))
+        plan.warnings.append(ceilings.warning_for(ceiling, needed, uncapped, shortened))
     if ceiling is not None and (capped or shortened or ceiling[1] == "webhook"):
         plan.ceiling = ceiling
     if explicit is not None and target < required:
@@ -364,14 +330,14 @@ def _plan_lifecycle(
         plan.explanation.append(
             f"grace period: required {required} = {terms}; final {target} = {source}"
         )
-    _clamp_sleeps(plan, containers, ours, target)
+    ceilings.clamp_sleeps(plan, containers, ours, target)
     if target != (DEFAULT_GRACE_SECONDS if raw_grace is None else raw_grace):
         plan.grace = (raw_grace, target)
     plan.grace_record = (DEFAULT_GRACE_SECONDS if raw_grace is None else raw_grace, target)
 
 
 def _prestop_seconds(
-    plan: _Plan, resolved: settings_table.Resolved, facts: profiles.PodFacts, settings: Settings
+    plan: Plan, resolved: settings_table.Resolved, facts: profiles.PodFacts, settings: Settings
 ) -> int:
     """P; `fromLoadBalancer or N` reads the delay the pod's load-balancer Services state."""
     value = resolved["prestop-seconds"]
@@ -406,140 +372,7 @@ def _prestop_seconds(
     return bounded
 
 
-def _ceiling(
-    resolved: settings_table.Resolved,
-    earlier: Mapping[str, Any],
-    current: int,
-    containers: list[Any],
-    ours: set[int],
-) -> tuple[int, str] | None:
-    """The lowest ceiling in force, and its source: `maxGracePeriodSeconds` (its layer), or
-    `webhook` when a mutating webhook that ran after us lowered the grace period.
-
-    We never leave a grace period below what our own round set, nor below one of our own
-    sleeps; a pod that carries our status and shows either was changed after us. Its grace
-    period is then a ceiling, recorded in the status so that later rounds keep to it.
-    """
-    candidates: list[tuple[int, str]] = []
-    configured = resolved["max-grace-period-seconds"]
-    if configured is not None:
-        candidates.append((configured, resolved.layers["max-grace-period-seconds"]))
-    if earlier and earlier.get("reportOnly") is not True:
-        recorded = _mapping(earlier.get("ceiling"))
-        seconds = _count(recorded.get("seconds"))
-        if recorded.get("source") == "webhook" and seconds is not None:
-            candidates.append((seconds, "webhook"))
-        set_before = _count(_sized(earlier))
-        our_delays = [_hook_delay(containers[i]) for i in ours]
-        if (set_before is not None and current < set_before) or any(
-            delay is not None and delay > current for delay in our_delays
-        ):
-            candidates.append((current, "webhook"))
-    return min(candidates) if candidates else None
-
-
-def _fit_to_ceiling(
-    plan: _Plan,
-    containers: list[Any],
-    regular: list[tuple[int, dict[str, Any]]],
-    ours: set[int],
-    room: int,
-    sidecars: set[Any],
-    s: int,
-    q: int,
-    settings: Settings,
-) -> list[str]:
-    """Shorten injected sleeps (new, or ours from an earlier round) until each container's
-    sleep + drain fits in `room`; never below 0, never a hook the user wrote."""
-    delays: dict[int, int] = {}
-    for index, container in regular:
-        after = q if container.get("name") in sidecars else s
-        delays[index] = max(room - after, 0)
-    shortened = []
-    for index in sorted(plan.prestop):
-        handler = plan.prestop[index]
-        delay = handlers.sleep_seconds(handler)
-        if delay is None or delay <= delays[index]:
-            continue
-        resized = handlers.with_delay(handler, delays[index], settings.cluster_version)
-        if resized is None:
-            del plan.prestop[index]
-        else:
-            plan.prestop[index] = resized
-        shortened.append(f"{containers[index].get('name')} {delay}->{delays[index]}")
-    return shortened + _shorten(plan, containers, ours, delays, settings.cluster_version)
-
-
-def _shorten(
-    plan: _Plan,
-    containers: list[Any],
-    ours: set[int],
-    delays: Mapping[int, int],
-    version: tuple[int, int],
-) -> list[str]:
-    """Our own preStops from an earlier round, cut to `delays` where they are longer."""
-    shortened = []
-    for index in sorted(ours):
-        hook = containers[index]["lifecycle"]["preStop"]
-        delay = handlers.sleep_seconds(hook)
-        if delay is None or delay <= delays[index]:
-            continue
-        plan.resized[index] = handlers.with_delay(hook, delays[index], version)
-        shortened.append(f"{containers[index].get('name')} {delay}->{delays[index]}")
-    return shortened
-
-
-def _clamp_sleeps(plan: _Plan, containers: list[Any], ours: set[int], target: int) -> None:
-    """A `sleep` action of ours above the final grace period is cut to it (the API rejects it)."""
-    for index in sorted(plan.prestop.keys() | ours):
-        handler: dict[str, Any] | None = plan.prestop.get(index)
-        if handler is None:
-            handler = plan.resized.get(index, containers[index]["lifecycle"]["preStop"])
-        seconds = handlers.action_sleep_seconds(handler)
-        if seconds is None or seconds <= target:
-            continue
-        clamped = {"sleep": {"seconds": target}}
-        if index in plan.prestop:
-            plan.prestop[index] = clamped
-        else:
-            plan.resized[index] = clamped
-        plan.warnings.append(
-            warning(
-                "sleep_clamped",
-                "preStop sleep of container {} "
-                + f"cut from {seconds}s to the {target}s grace period",
-                containers[index].get("name"),
-            )
-        )
-
-
-def _ceiling_name(ceiling: tuple[int, str]) -> str:
-    source = ceiling[1]
-    if source == "webhook":
-        return "set by a later webhook"
-    if source.startswith("profile:"):
-        return f"profile {source.removeprefix('profile:')}"
-    return "maxGracePeriodSeconds"
-
-
-def _ceiling_warning(
-    ceiling: tuple[int, str], needed: int, target: int, shortened: list[str]
-) -> AdmissionWarning:
-    limit, name = ceiling[0], _ceiling_name(ceiling)
-    if not shortened:
-        return warning(
-            "grace_ceiling",
-            "grace period {}" + f"s lowered to the {limit}s ceiling ({name})",
-            target,
-        )
-    return warning(
-        "grace_ceiling",
-        f"grace period capped at {limit}s ({name}), {needed}s needed; sleeps cut: {{}}",
-        ", ".join(shortened),
-    )
-
-
-def _handler_mode(plan: _Plan, mode: str, version: tuple[int, int]) -> str:
+def _handler_mode(plan: Plan, mode: str, version: tuple[int, int]) -> str:
     has_sleep = version >= handlers.SLEEP_ACTION_SINCE
     if mode == "auto":
         return "sleep" if has_sleep else "exec"
@@ -556,7 +389,7 @@ def _handler_mode(plan: _Plan, mode: str, version: tuple[int, int]) -> str:
 
 
 def _required_grace(
-    plan: _Plan,
+    plan: Plan,
     regular: list[tuple[int, dict[str, Any]]],
     natives: int,
     sidecars: set[Any],
@@ -588,7 +421,7 @@ def _required_grace(
 
 
 def _floor_at_user_sleeps(
-    plan: _Plan,
+    plan: Plan,
     target: int,
     containers: list[Any],
     init_containers: list[Any],
@@ -597,15 +430,19 @@ def _floor_at_user_sleeps(
     explicit: bool = True,
 ) -> int:
     """The grace period may not go below a sleep the user wrote (the API rejects the pod)."""
-    sleeps = [
-        (seconds, container.get("name"))
-        for index, container in enumerate((*containers, *init_containers))
-        if isinstance(container, dict) and isinstance(container.get("lifecycle"), dict)
-        for hook in ("preStop", "postStart")
-        if not (hook == "preStop" and index in ours)
-        if (seconds := handlers.action_sleep_seconds(container["lifecycle"].get(hook))) is not None
-    ]
-    largest, name = max(sleeps, default=(0, None), key=lambda item: item[0])
+    largest, name = 0, None
+    for index, container in enumerate((*containers, *init_containers)):
+        lifecycle = container.get("lifecycle") if isinstance(container, dict) else None
+        if not lifecycle or not isinstance(lifecycle, dict):
+            continue
+        for hook in ("preStop", "postStart"):
+            seconds = handlers.action_sleep_seconds(lifecycle.get(hook))
+            if (
+                seconds is not None
+                and seconds > largest
+                and not (hook == "preStop" and index in ours)
+            ):
+                largest, name = seconds, container.get("name")
     if largest <= target:
         return target
     if capped:
@@ -630,7 +467,7 @@ def _floor_at_user_sleeps(
 
 
 def _plan_poststart(
-    plan: _Plan, regular: list[tuple[int, dict[str, Any]]], resolved: settings_table.Resolved
+    plan: Plan, regular: list[tuple[int, dict[str, Any]]], resolved: settings_table.Resolved
 ) -> None:
     command = resolved["poststart-exec"]
     if command is None:
@@ -649,7 +486,7 @@ def _plan_poststart(
 
 
 def _plan_init_order(
-    plan: _Plan,
+    plan: Plan,
     init_containers: list[Any],
     init_names: list[Any],
     resolved: settings_table.Resolved,
@@ -670,7 +507,7 @@ def _plan_init_order(
     plan.explanation.append(f"init order: {','.join(init_names)} -> {','.join(new_order)}")
 
 
-def _features(plan: _Plan) -> tuple[Feature, ...]:
+def _features(plan: Plan) -> tuple[Feature, ...]:
     features: list[Feature] = []
     if plan.prestop or plan.resized:
         features.append("prestop")
@@ -684,7 +521,7 @@ def _features(plan: _Plan) -> tuple[Feature, ...]:
 
 
 def _operations(
-    plan: _Plan, containers: list[Any], init_containers: list[Any], spec: Mapping[str, Any]
+    plan: Plan, containers: list[Any], init_containers: list[Any], spec: Mapping[str, Any]
 ) -> list[PatchOp]:
     ops: list[PatchOp] = []
     for index in sorted(plan.prestop.keys() | plan.poststart.keys()):
@@ -729,61 +566,6 @@ def _annotation_op(pod: Pod, key: str, value: str) -> PatchOp:
     if not isinstance(annotations, dict):
         return set_member(metadata, "/metadata", "annotations", {key: value})
     return set_member(annotations, "/metadata/annotations", key, value)
-
-
-def _status(
-    plan: _Plan,
-    resolved: settings_table.Resolved,
-    profile: Profile | None,
-    earlier: Mapping[str, Any],
-    containers: list[Any],
-) -> str:
-    """`lifecycle-webhook.io/status`: what was added, merged with an earlier round's record."""
-    merged: dict[str, Any] = dict(_mapping(earlier.get("containers")))
-    for index in sorted(plan.prestop.keys() | plan.poststart.keys()):
-        name = str(containers[index].get("name"))
-        merged[name] = [
-            hook
-            for hook, planned in (("preStop", plan.prestop), ("postStart", plan.poststart))
-            if index in planned
-        ]
-    for index, handler in plan.resized.items():
-        name = str(containers[index].get("name"))
-        if handler is None and isinstance(merged.get(name), list):
-            merged[name] = [hook for hook in merged[name] if hook != "preStop"]
-            if not merged[name]:
-                del merged[name]
-    status: dict[str, Any] = {
-        "settings": {key: resolved.layers[key] for key in sorted(resolved.layers)},
-    }
-    if profile is not None:
-        status["profile"] = profile.name
-    if merged:
-        status["containers"] = merged
-    if plan.grace_record is not None:
-        start = _mapping(earlier.get("grace")).get("from", plan.grace_record[0])
-        status["grace"] = {"from": start, "to": plan.grace_record[1]}
-    elif "grace" in earlier:
-        status["grace"] = earlier["grace"]
-    if plan.ceiling is not None:
-        status["ceiling"] = {"seconds": plan.ceiling[0], "source": plan.ceiling[1]}
-    if plan.init_order is not None:
-        status["initOrder"] = plan.init_order
-    elif "initOrder" in earlier:
-        status["initOrder"] = earlier["initOrder"]
-    if resolved["report-only"]:
-        status["reportOnly"] = True
-    return orjson.dumps(status, option=orjson.OPT_SORT_KEYS).decode()
-
-
-def _parse_status(previous: Any) -> dict[str, Any]:
-    if not isinstance(previous, str):
-        return {}
-    try:
-        parsed = json.loads(previous)
-    except ValueError:
-        return {}
-    return parsed if isinstance(parsed, dict) else {}
 
 
 def _unmatched(
@@ -843,26 +625,6 @@ def _unique(warnings: list[AdmissionWarning]) -> list[AdmissionWarning]:
             seen.add(item.text)
             out.append(item)
     return out
-
-
-def _hook_delay(container: Mapping[str, Any]) -> int | None:
-    return handlers.sleep_seconds(container["lifecycle"]["preStop"])
-
-
-def _sized(earlier: Mapping[str, Any]) -> Any:
-    """The grace period an earlier round of ours set (None if it changed nothing)."""
-    if earlier.get("reportOnly") is True:
-        return None
-    return _mapping(earlier.get("grace")).get("to")
-
-
-def _count(value: Any) -> int | None:
-    """A non-negative integer read back from our status annotation, else None."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
-def _mapping(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 def _list(value: Any) -> list[Any]:

@@ -18,15 +18,28 @@ from webhook.core.values import FromLoadBalancer
 
 @dataclass(slots=True)
 class PodFacts:
-    """What profiles may test about one pod; `traffic` is read on first use."""
+    """What profiles may test about one pod; the owner and `traffic` are read on first use
+    (a config without profiles never pays for them)."""
 
     namespace: str
+    metadata: Mapping[str, Any]
     labels: Mapping[str, Any]
     namespace_labels: Mapping[str, Any] | None
-    owner_kind: str
-    owner_reason: str
     services: Sequence[Mapping[str, Any]] | None
+    known_owner_kind: str | None = None
+    """The adapter's (a template's workload kind), else read from ownerReferences."""
+    _owner: tuple[str, str] | None = field(default=None, init=False)
     _traffic: traffic.Traffic | None = field(default=None, init=False)
+
+    @property
+    def owner(self) -> tuple[str, str]:
+        """The owner kind and how it was read."""
+        if self._owner is None:
+            if self.known_owner_kind is not None:
+                self._owner = (self.known_owner_kind, "the workload's kind")
+            else:
+                self._owner = traffic.owner_kind(self.metadata)
+        return self._owner
 
     @property
     def traffic(self) -> traffic.Traffic:
@@ -51,17 +64,17 @@ def choose(profiles: Sequence[Profile], facts: PodFacts, explain: bool) -> Choic
     lines: list[str] = []
     unknown = False
     if explain:
-        lines.append(f"owner kind {facts.owner_kind} ({facts.owner_reason})")
+        lines.append("owner kind {} ({})".format(*facts.owner))
     chosen = None
     for profile in profiles:
         miss = _miss(profile, facts)
         if miss is None:
             chosen = profile
             break
-        if miss == _UNKNOWN_EXPOSURE:
+        if miss == "exposure unknown":
             unknown = True
         if explain:
-            lines.append(f"profile {profile.name}: not matched ({miss})")
+            lines.append(f"profile {profile.name}: not matched ({_why(miss, profile, facts)})")
     if explain:
         lines.append(f"profile {chosen.name}: matched" if chosen else "no profile matched")
         if facts.traffic_known:
@@ -69,28 +82,40 @@ def choose(profiles: Sequence[Profile], facts: PodFacts, explain: bool) -> Choic
     return Choice(chosen, tuple(lines), unknown)
 
 
-_UNKNOWN_EXPOSURE = "exposure unknown: the namespace's Services could not be read"
-
-
 def _miss(profile: Profile, facts: PodFacts) -> str | None:
-    """Why `profile` does not apply, or None when it does."""
+    """Which test of `profile` fails, or None when it applies (no text: that is `_why`)."""
     match = profile.match
-    if match.owner_kinds is not None and facts.owner_kind not in match.owner_kinds:
-        return f"owner kind {facts.owner_kind}, want {'|'.join(sorted(match.owner_kinds))}"
+    if match.owner_kinds is not None and facts.owner[0] not in match.owner_kinds:
+        return "owner"
     if match.pod_selector is not None and not match.pod_selector.matches(facts.labels):
-        return f"pod labels do not match {match.pod_selector}"
+        return "pod"
     if match.namespace_selector is not None:
         if facts.namespace_labels is None:
-            return "the namespace's labels could not be read"
+            return "namespace unknown"
         if not match.namespace_selector.matches(facts.namespace_labels):
-            return f"namespace labels do not match {match.namespace_selector}"
+            return "namespace"
     if match.exposure is not None:
         exposure = facts.traffic.exposure
         if exposure == "unknown":
-            return _UNKNOWN_EXPOSURE
+            return "exposure unknown"
         if exposure not in match.exposure:
-            return f"exposure {exposure}, want {'|'.join(sorted(match.exposure))}"
+            return "exposure"
     return None
+
+
+def _why(miss: str, profile: Profile, facts: PodFacts) -> str:
+    match = profile.match
+    if miss == "owner":
+        return f"owner kind {facts.owner[0]}, want {'|'.join(sorted(match.owner_kinds or ()))}"
+    if miss == "pod":
+        return f"pod labels do not match {match.pod_selector}"
+    if miss == "namespace unknown":
+        return "the namespace's labels could not be read"
+    if miss == "namespace":
+        return f"namespace labels do not match {match.namespace_selector}"
+    if miss == "exposure unknown":
+        return "exposure unknown: the namespace's Services could not be read"
+    return f"exposure {facts.traffic.exposure}, want {'|'.join(sorted(match.exposure or ()))}"
 
 
 _PRESTOP_SECONDS = PREFIX + "prestop-seconds"
