@@ -164,6 +164,88 @@ def test_bad_namespace_annotation(run: Any, tmp_path: Path, flag: str) -> None:
     assert_usage_error(result, "--namespace-annotation")
 
 
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "istio.io/dataplane-mode",  # no '='
+        "=ambient",
+        "bad key=1",
+        "team=has space",
+        "team=-leading",
+        "team=" + "x" * 64,
+    ],
+)
+def test_bad_namespace_label(run: Any, tmp_path: Path, flag: str) -> None:
+    result = run("mutate", "-f", write(tmp_path, POD), "--namespace-label", flag)
+    assert_usage_error(result, "--namespace-label")
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [(None, "cannot read --services"), ("kind: [", "--services"), (b"\xff", "not UTF-8")],
+)
+def test_bad_services_file(run: Any, tmp_path: Path, text: Any, fragment: str) -> None:
+    services = tmp_path / "services.yaml"
+    if isinstance(text, bytes):
+        services.write_bytes(text)
+    elif text is not None:
+        services.write_text(text)
+    result = run("mutate", "-f", write(tmp_path, POD), "--services", str(services))
+    assert_usage_error(result, fragment)
+
+
+def test_stdin_cannot_be_read_twice(run: Any) -> None:
+    assert_usage_error(run("mutate", "-f", "-", "--services", "-"), "cannot both read stdin")
+
+
+PROFILES = """profiles:
+  - name: not-exposed
+    match: {exposure: none}
+    settings: {prestopSeconds: 0}
+  - name: ambient
+    match:
+      namespaceSelector: {matchLabels: {istio.io/dataplane-mode: ambient}}
+    settings: {prestopSeconds: 15}
+"""
+
+
+def test_services_and_namespace_labels_decide_profiles(run: Any, tmp_path: Path) -> None:
+    config = write(tmp_path, PROFILES, "config.yaml")
+    pod = write(
+        tmp_path, POD.replace("  namespace: shop\n", "  namespace: shop\n  labels: {app: web}\n")
+    )
+    selecting = SERVICE.replace("spec:\n", "spec:\n  selector: {app: web}\n")
+    elsewhere = SERVICE.replace("namespace: shop", "namespace: other").replace(
+        "spec:\n", "spec:\n  selector: {app: web}\n"
+    )
+    empty = write(tmp_path, "", "none.yaml")
+
+    def sleep(*flags: str) -> Any:
+        result = run("mutate", "-f", pod, "--config", config, *flags)
+        assert result.code == 0, result.err
+        return prestop(load_documents(result.out)[0])["sleep"]["seconds"]
+
+    assert sleep("--services", empty) == 0, "known: no Service selects it"
+    assert sleep("--services", write(tmp_path, selecting, "s.yaml")) == 5
+    assert sleep("--services", write(tmp_path, elsewhere, "o.yaml")) == 0, "other namespace"
+    assert sleep("--services", empty, "--namespace-label", "istio.io/dataplane-mode=ambient") == 0
+    assert sleep("--namespace-label", "istio.io/dataplane-mode=ambient") == 15
+    unknown = run("mutate", "-f", pod, "--config", config)
+    assert unknown.code == 0
+    assert unknown.err.splitlines()[-1] == cli.SERVICES_HINT
+
+
+def test_the_namespace_name_label_is_always_there(run: Any, tmp_path: Path) -> None:
+    config = write(
+        tmp_path,
+        "profiles:\n- name: shop\n  match:\n    namespaceSelector:\n      matchLabels:\n"
+        "        kubernetes.io/metadata.name: shop\n  settings: {prestopSeconds: 9}\n",
+        "config.yaml",
+    )
+    result = run("mutate", "-f", write(tmp_path, POD), "--config", config)
+    assert prestop(load_documents(result.out)[0]) == {"sleep": {"seconds": 9}}
+
+
 def test_missing_file(run: Any, tmp_path: Path) -> None:
     assert_usage_error(run("mutate", "-f", str(tmp_path / "nope.yaml")), "cannot read", "nope.yaml")
 

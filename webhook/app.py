@@ -13,10 +13,10 @@ import asyncio
 import re
 import time
 import traceback
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import FastAPI
@@ -31,8 +31,10 @@ from webhook.admission import (
 )
 from webhook.cluster.live import Lookup
 from webhook.cluster.namespaces import NamespaceInfo, NamespaceSource
+from webhook.cluster.services import Services, ServiceSource, StaticServices
 from webhook.connections import ARRIVED
 from webhook.core.model import NEWEST_KNOWN_VERSION, Config, Mutation, Settings
+from webhook.core.profiles import annotations_read_services, config_reads_services
 from webhook.logs import JsonLog
 from webhook.metrics import Metrics
 
@@ -40,6 +42,7 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+T = TypeVar("T")
 
 
 @dataclass(eq=False)
@@ -59,10 +62,27 @@ class ServerState:
     """Detection finished (or was not needed); readiness waits for it."""
     certificates_loaded: bool = False
     draining: bool = False
+    services: ServiceSource = field(default_factory=StaticServices)
+    """The Services of each namespace, for profiles' exposure and fromLoadBalancer."""
+    watch_services: Callable[[], object] | None = field(init=False, default=None)
+    """Starts the Service watch once the config needs it (see `on_services_needed`)."""
     cluster_version: tuple[int, int] = field(init=False, default=NEWEST_KNOWN_VERSION)
+    services_needed: bool = field(init=False, default=False)
+    """The config reads Services for every pod (a profile tests exposure, fromLoadBalancer)."""
 
     def __post_init__(self) -> None:
         self._refresh_version()
+        self._refresh_services()
+
+    def on_services_needed(self, start: Callable[[], object]) -> None:
+        """Call `start` (again a no-op) now and on every config that reads Services."""
+        self.watch_services = start
+        self._refresh_services()
+
+    def _refresh_services(self) -> None:
+        self.services_needed = config_reads_services(self.config)
+        if self.services_needed and self.watch_services is not None:
+            self.watch_services()
 
     def _refresh_version(self) -> None:
         self.cluster_version = (
@@ -75,6 +95,7 @@ class ServerState:
     def set_config(self, config: Config) -> None:
         self.config = config
         self._refresh_version()
+        self._refresh_services()
 
     def set_detected_version(self, version: tuple[int, int] | None) -> None:
         self.detected_version = version
@@ -97,22 +118,28 @@ def _is_json(content_type: bytes) -> bool:
     return media_type == b"application/json"
 
 
+def _annotations(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    metadata = pod.get("metadata")
+    annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+    return annotations if isinstance(annotations, dict) else None
+
+
 def _error_body(message: str) -> bytes:
     return orjson.dumps({"error": message})
 
 
-NAMESPACE_READ_DEADLINE = 0.75
-"""The most a cache miss may add to a review, whatever the API server does: well inside the
-2 s the chart gives the API server's call to us (timeoutSeconds)."""
+LIVE_READ_DEADLINE = 0.75
+"""The most cache misses (the namespace, its Services) may add to a review, whatever the API
+server does: well inside the 2 s the chart gives the API server's call to us (timeoutSeconds)."""
 
 
-async def _read_namespace(source: NamespaceSource, name: str) -> NamespaceInfo | None:
-    """A live read off the event loop; past the deadline, "could not be read" (a warning)."""
+async def _read_live(read: Callable[[str], T | None], name: str, deadline: float) -> T | None:
+    """A live read off the event loop; past `deadline` (monotonic), "could not be read"."""
     import anyio
     from anyio import to_thread
 
-    with anyio.move_on_after(NAMESPACE_READ_DEADLINE):
-        return await to_thread.run_sync(source.lookup, name, abandon_on_cancel=True)
+    with anyio.move_on_after(deadline - time.monotonic()):
+        return await to_thread.run_sync(read, name, abandon_on_cancel=True)
     return None
 
 
@@ -264,6 +291,8 @@ class MutateEndpoint:
                 perf_counter() - started,
                 mutation.features,
                 tuple(w.reason for w in mutation.warnings),
+                profile=mutation.profile,
+                exposure=mutation.exposure,
             )
 
     def _record(
@@ -274,13 +303,17 @@ class MutateEndpoint:
         features: tuple[str, ...] = (),
         reasons: tuple[str, ...] = (),
         *,
+        profile: str | None = None,
+        exposure: str | None = None,
         status: int = 200,
         error: str | None = None,
         traceback: str | None = None,
     ) -> None:
         """The metrics and the one log line of a review (`review` None: the body was unusable)."""
         operation = review.operation if review else ""
-        self.state.metrics.review(operation or "other", outcome, seconds, features, reasons)
+        self.state.metrics.review(
+            operation or "other", outcome, seconds, features, reasons, profile, exposure
+        )
         self.state.log.review(
             uid=review.uid if review else "",
             namespace=review.namespace if review else "",
@@ -293,6 +326,8 @@ class MutateEndpoint:
             warnings=len(reasons),
             duration_ms=seconds * 1000,
             dry_run=review.dry_run if review else False,
+            profile=profile,
+            exposure=exposure,
             status=status,
             error=error,
             traceback=traceback,
@@ -302,17 +337,30 @@ class MutateEndpoint:
         if review.pod is None:
             return orjson.dumps(build_response(review, None)), None
         state = self.state
-        source = state.namespaces
-        peeked = source.peek(review.namespace)
+        # One budget for every live read of this review: the cache answers almost always.
+        deadline = time.monotonic() + LIVE_READ_DEADLINE
+        peeked = state.namespaces.peek(review.namespace)
         info: NamespaceInfo | None
         if isinstance(peeked, Lookup):
-            info = await _read_namespace(source, review.namespace)
+            info = await _read_live(state.namespaces.lookup, review.namespace, deadline)
         else:
             info = peeked
+        annotations = info.annotations if info is not None else None
+        services: Services | None = None
+        if state.services_needed or annotations_read_services(
+            annotations, _annotations(review.pod)
+        ):
+            found = state.services.peek(review.namespace)
+            if isinstance(found, Lookup):
+                services = await _read_live(state.services.services_in, review.namespace, deadline)
+            else:
+                services = found
         settings = Settings(
             config=state.config,
             namespace=review.namespace,
-            namespace_annotations=info.annotations if info is not None else None,
+            namespace_annotations=annotations,
+            namespace_labels=info.labels if info is not None else None,
+            services=services,
             cluster_version=state.cluster_version,
         )
         mutation = self.mutate(review.pod, settings)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
-import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -148,11 +148,6 @@ def _print_err(text: str) -> None:
 
 # --- mutate: options -------------------------------------------------------------------
 
-_ANNOTATION_PREFIX = re.compile(
-    r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z", re.ASCII
-)
-_ANNOTATION_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?\Z", re.ASCII)
-
 
 def cluster_version(text: str) -> tuple[int, int]:
     """`1.NN`, read as the config file's clusterVersion is (`auto` is the config's business)."""
@@ -169,18 +164,33 @@ def cluster_version(text: str) -> tuple[int, int]:
 
 def namespace_annotation(text: str) -> tuple[str, str]:
     """`KEY=VALUE`, KEY a full annotation key (`lifecycle-webhook.io/prestop-seconds`)."""
+    from webhook.core.values import is_qualified_name
+
     key, equals, value = text.partition("=")
     if not equals:
         raise argparse.ArgumentTypeError(f"want KEY=VALUE; got {text!r}")
-    prefix, slash, name = key.rpartition("/")
-    valid = (
-        bool(_ANNOTATION_NAME.match(name))
-        and len(name) <= 63
-        and (not slash or (len(prefix) <= 253 and bool(_ANNOTATION_PREFIX.match(prefix))))
-    )
-    if not valid:
+    if not is_qualified_name(key):
         raise argparse.ArgumentTypeError(
             f"{key!r} is not an annotation key (such as lifecycle-webhook.io/prestop-seconds)"
+        )
+    return key, value
+
+
+def namespace_label(text: str) -> tuple[str, str]:
+    """`KEY=VALUE`, a label of the pods' Namespace (`istio.io/dataplane-mode=ambient`)."""
+    from webhook.core.values import is_label_value, is_qualified_name
+
+    key, equals, value = text.partition("=")
+    if not equals:
+        raise argparse.ArgumentTypeError(f"want KEY=VALUE; got {text!r}")
+    if not is_qualified_name(key):
+        raise argparse.ArgumentTypeError(
+            f"{key!r} is not a label key (such as istio.io/dataplane-mode)"
+        )
+    if not is_label_value(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a label value (at most 63 of A-Z a-z 0-9 - _ ., "
+            "starting and ending with a letter or digit)"
         )
     return key, value
 
@@ -206,6 +216,24 @@ def add_mutate_arguments(parser: argparse.ArgumentParser) -> None:
         "e.g. lifecycle-webhook.io/prestop-seconds=12)",
     )
     parser.add_argument(
+        "--namespace-label",
+        action="append",
+        type=namespace_label,
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label of the pods' Namespace, for profiles' namespaceSelector (repeatable; "
+        "kubernetes.io/metadata.name is always the namespace's name)",
+    )
+    parser.add_argument(
+        "--services",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="Services that exist besides those in the input (YAML or JSON, `List`s too; "
+        "other objects are ignored), for profiles' exposure and fromLoadBalancer "
+        "(repeatable; an empty file says there are none)",
+    )
+    parser.add_argument(
         "--cluster-version",
         type=cluster_version,
         metavar="1.NN",
@@ -228,23 +256,55 @@ def add_mutate_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+SERVICES_HINT = (
+    f"{PROG} mutate: no Services in the input: pass --services FILE (an empty file if "
+    "there are none)"
+)
+"""After a warning that exposure is unknown: offline, that means nobody said which exist."""
+
+NamespacedService = tuple[str, dict[str, Any]]
+"""A Service's namespace ("" when its manifest names none) and the core's view of it."""
+
+
 @dataclass(frozen=True, slots=True)
 class MutateOptions:
     """What `mutate` needs besides the manifests: the layers above the pod, and the version."""
 
     config: Config
     namespace_annotations: Mapping[str, str] = field(default_factory=dict)
+    namespace_labels: Mapping[str, str] = field(default_factory=dict)
+    services: tuple[NamespacedService, ...] | None = None
+    """The Services known besides the pods: None when neither --services nor the input
+    gave any, which leaves exposure unknown rather than "none"."""
     cluster_version: tuple[int, int] = (1, 0)
     cluster_version_source: str = ""
     """Where the version came from, for --explain."""
 
-    def settings(self, namespace: str) -> Settings:
+    def with_input(self, documents: list[dict[str, Any]]) -> MutateOptions:
+        """The Services of the manifests themselves join those of --services."""
+        from webhook.manifests import services
+
+        found = [service for document in documents for service in services(document)]
+        if not found:
+            return self
+        return dataclasses.replace(self, services=(*(self.services or ()), *found))
+
+    def settings(self, namespace: str, owner_kind: str | None = None) -> Settings:
         from webhook.core.model import Settings
 
+        labels = dict(self.namespace_labels)
+        if namespace:
+            labels.setdefault("kubernetes.io/metadata.name", namespace)
+        services = None
+        if self.services is not None:
+            services = [view for where, view in self.services if where == namespace]
         return Settings(
             config=self.config,
             namespace=namespace,
             namespace_annotations=dict(self.namespace_annotations),
+            namespace_labels=labels,
+            services=services,
+            owner_kind=owner_kind,
             cluster_version=self.cluster_version,
         )
 
@@ -262,12 +322,30 @@ def mutate_options(args: argparse.Namespace) -> MutateOptions:
         version, source = config.cluster_version, "clusterVersion in --config"
     else:
         version, source = NEWEST_KNOWN_VERSION, "clusterVersion auto: the newest this tool knows"
+    if "-" in args.services and args.filename == "-":
+        raise UsageError(f"{PROG} mutate: error: -f - and --services - cannot both read stdin")
+    services: tuple[NamespacedService, ...] | None = None
+    if args.services:
+        services = tuple(service for path in args.services for service in _load_services(path))
     return MutateOptions(
         config=config,
         namespace_annotations=dict(args.namespace_annotation),
+        namespace_labels=dict(args.namespace_label),
+        services=services,
         cluster_version=version,
         cluster_version_source=source,
     )
+
+
+def _load_services(path: str) -> list[NamespacedService]:
+    from webhook.manifests import ManifestError, load_documents, services
+
+    text = _read_input(path, sys.stdin, what="--services ")
+    try:
+        documents = load_documents(text)
+    except ManifestError as error:
+        raise UsageError(f"{PROG} mutate: error: --services {_source(path)}: {error}") from None
+    return [service for document in documents for service in services(document)]
 
 
 def _load_config(path: str) -> Config:
@@ -322,12 +400,14 @@ def mutate_documents(
     reports: list[PodReport] = []
     explanations: list[list[str]] = []
     warnings: list[list[str]] = []
+    options = options.with_input(documents)
     for document in documents:
         sites = pod_sites(document)
         lines = [] if sites else [f"{describe(document)}: no pod, passed through"]
         texts: list[str] = []
         for site in sites:
-            mutation = mutate(site.pod, options.settings(site.namespace), explain=explain)
+            settings = options.settings(site.namespace, site.owner_kind)
+            mutation = mutate(site.pod, settings, explain=explain)
             reports.append(PodReport(site.label, mutation))
             lines.append(f"{site.label}: {mutation.outcome}")
             lines.extend(f"  {line}" for line in mutation.explanation)
@@ -339,7 +419,7 @@ def mutate_documents(
     return MutatedManifests(documents, reports, explanations, warnings)
 
 
-def _read_input(filename: str, stdin: IO[str]) -> str:
+def _read_input(filename: str, stdin: IO[str], what: str = "") -> str:
     """The manifest text; UTF-8 (a BOM is dropped), as kubectl reads it."""
     try:
         if filename == "-":
@@ -349,13 +429,13 @@ def _read_input(filename: str, stdin: IO[str]) -> str:
             data = Path(filename).read_bytes()
     except OSError as error:
         raise UsageError(
-            f"{PROG} mutate: error: cannot read {filename}: {error.strerror or error}"
+            f"{PROG} mutate: error: cannot read {what}{filename}: {error.strerror or error}"
         ) from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise UsageError(
-            f"{PROG} mutate: error: {_source(filename)} is not UTF-8 text "
+            f"{PROG} mutate: error: {what}{_source(filename)} is not UTF-8 text "
             f"(byte {error.start}: {error.reason})"
         ) from None
 
@@ -390,6 +470,8 @@ def run_mutate(args: argparse.Namespace) -> int:
         if args.explain and not explain_in_output:
             stderr.extend(block)
         stderr.extend(document_warnings)
+    if any(w.reason == "services_unavailable" for r in result.reports for w in r.mutation.warnings):
+        stderr.append(SERVICES_HINT)
     if result.denials:
         stderr.extend(
             f"{PROG} mutate: denied: {report.label}: {report.mutation.denial}"

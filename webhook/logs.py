@@ -97,6 +97,8 @@ class JsonLog:
         warnings: int,
         duration_ms: float,
         dry_run: bool = False,
+        profile: str | None = None,
+        exposure: str | None = None,
         status: int = 200,
         error: str | None = None,
         traceback: str | None = None,
@@ -119,6 +121,10 @@ class JsonLog:
             "warnings": warnings,
             "duration_ms": round(duration_ms, 3),
         }
+        if profile is not None:
+            record["profile"] = f"profile:{profile}"
+        if exposure is not None:
+            record["exposure"] = exposure
         if dry_run:
             record["dry_run"] = True
         if status != 200:

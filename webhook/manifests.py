@@ -336,6 +336,29 @@ class PodSite:
     namespace: str
     pod: Document
     store: Callable[[Document], None]
+    owner_kind: str | None = None
+    """The workload a template belongs to (`Deployment`; `none` for a PodTemplate); None for
+    a Pod, whose ownerReferences say."""
+    owner_name: str = ""
+
+
+def services(document: Document, depth: int = 0) -> list[tuple[str, dict[str, Any]]]:
+    """Every v1 Service in a document (itself or `List` items), with its namespace, as the
+    core reads Services (`core.traffic.service_summary`)."""
+    from webhook.core.traffic import service_summary
+
+    if document.get("kind") == "List":
+        found = []
+        items = document.get("items")
+        if isinstance(items, list) and depth < _MAX_LIST_DEPTH:
+            for item in items:
+                if isinstance(item, dict):
+                    found.extend(services(item, depth + 1))
+        return found
+    if document.get("kind") == "Service" and document.get("apiVersion") == "v1":
+        summary = service_summary(document)
+        return [(_namespace_of(document), dict(summary))] if summary else []
+    return []
 
 
 def pod_sites(document: Document) -> list[PodSite]:
@@ -450,7 +473,12 @@ def _template_site(owner: Document, parent: Document, key: str, sites: list[PodS
             template["spec"] = mutated["spec"]
 
     label = f"{describe(owner)} (pod template)"
-    sites.append(PodSite(label, namespace, view, store))
+    kind = owner.get("kind")
+    owner_kind = kind if isinstance(kind, str) and kind != "PodTemplate" else "none"
+    owner_metadata = owner.get("metadata")
+    name = owner_metadata.get("name") if isinstance(owner_metadata, dict) else None
+    owner_name = name if isinstance(name, str) else ""
+    sites.append(PodSite(label, namespace, view, store, owner_kind, owner_name))
 
 
 _ABSENT: Any = object()

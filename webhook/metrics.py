@@ -25,6 +25,7 @@ OPERATIONS = ("CREATE", "UPDATE", "DELETE", "CONNECT")
 OUTCOMES = ("mutated", "unchanged", "skipped", "denied", "invalid", "error")
 FEATURES = ("prestop", "grace", "init_order", "poststart")
 CLOSE_REASONS = ("handshake_timeout", "head_timeout", "body_timeout", "evicted", "handshake_failed")
+EXPOSURES = ("none", "cluster", "loadBalancer", "unknown")
 DURATION_BUCKETS = (
     0.0005,
     0.001,
@@ -72,6 +73,18 @@ class Metrics:
             "lifecycle_webhook_warnings_total",
             "Admission warnings returned, by reason.",
             ["reason"],
+            registry=self.registry,
+        )
+        self.profiles = Counter(
+            "lifecycle_webhook_profile_matches_total",
+            "Pods a profile of the config applied to, by profile name.",
+            ["profile"],
+            registry=self.registry,
+        )
+        self.exposures = Counter(
+            "lifecycle_webhook_exposures_total",
+            "Pods whose exposure was read (a profile tests it, or fromLoadBalancer), by exposure.",
+            ["exposure"],
             registry=self.registry,
         )
         self.certificate_expiry = Gauge(
@@ -126,6 +139,8 @@ class Metrics:
                     operation, outcome
                 )
         self._feature_children = {f: self.mutations.labels(f) for f in FEATURES}
+        self._exposure_children = {e: self.exposures.labels(e) for e in EXPOSURES}
+        self._profile_children: dict[str, Any] = {}
         self._warning_children: dict[str, Any] = {}
         for result in ("success", "error"):
             self.config_reloads.labels(result)
@@ -139,8 +154,10 @@ class Metrics:
         seconds: float,
         features: Iterable[str] = (),
         warning_reasons: Iterable[str] = (),
+        profile: str | None = None,
+        exposure: str | None = None,
     ) -> None:
-        """Count one answered review."""
+        """Count one answered review. Profile names come from the config file, a bounded set."""
         child = self._request_children.get((operation, outcome))
         if child is None:
             child = self._request_children["other", outcome]
@@ -148,6 +165,13 @@ class Metrics:
         self._observe(seconds)
         for feature in features:
             self._feature_children[feature].inc()
+        if profile is not None:
+            profile_child = self._profile_children.get(profile)
+            if profile_child is None:
+                profile_child = self._profile_children[profile] = self.profiles.labels(profile)
+            profile_child.inc()
+        if exposure in self._exposure_children:
+            self._exposure_children[exposure].inc()
         for reason in warning_reasons:
             warning_child = self._warning_children.get(reason)
             if warning_child is None:

@@ -304,6 +304,7 @@ def _serve(
     from webhook.app import ServerState
     from webhook.cluster.api import ClusterConfigError, connect
     from webhook.cluster.namespaces import NamespaceCache, NamespaceSource, StaticNamespaces
+    from webhook.cluster.services import ServiceCache, ServiceSource, StaticServices
     from webhook.config_file import ConfigWatcher
     from webhook.metrics import Metrics, serve_metrics
     from webhook.tls import CertificateReloader, TLSFilesError
@@ -323,18 +324,22 @@ def _serve(
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     namespaces: NamespaceSource
+    services: ServiceSource
     after_listening: list[Callable[[], object]] = []
     """Cluster I/O starts once the port is open: its threads would slow the imports above."""
     if api is None:
         namespaces = StaticNamespaces()
+        services = StaticServices(None)
         log.event(
             "no cluster configured",
             level="warning",
-            effect="namespace annotations are not read; pods get config-file and pod settings",
+            effect="namespace annotations are not read; pods get config-file and pod "
+            "settings; Service exposure is unknown",
         )
     else:
         namespaces = NamespaceCache(api, log)
         after_listening.append(namespaces.start)
+        services = ServiceCache(api, log)
 
     state = ServerState(
         config=config,
@@ -343,7 +348,11 @@ def _serve(
         log=log,
         max_body_bytes=args.max_body_bytes,
         cluster_version_override=override,
+        services=services,
     )
+    if isinstance(services, ServiceCache):
+        cache = services
+        after_listening.append(lambda: state.on_services_needed(cache.start))
     state.certificates_loaded = True
     after_listening.append(_resolve_cluster_version(state, api, log))
 

@@ -90,6 +90,110 @@ BAD_CONFIGS: list[dict[str, Any]] = [
     {"prestopSecond": 5},
     {"unknownKey": True},
     {"excludedNamespaces": ["team-a"]},  # the chart writes it from the top-level value
+    # issue 9: ceilings, fromLoadBalancer, profiles
+    {"maxGracePeriodSeconds": 0},
+    {"maxGracePeriodSeconds": 3601},
+    {"maxGracePeriodSeconds": 61, "maxSeconds": 60},
+    {"prestopSeconds": "fromLoadBalancer"},
+    {"prestopSeconds": "fromLoadBalancer or"},
+    {"prestopSeconds": "fromLoadBalancer or 3601"},
+    {"prestopSeconds": "fromLoadBalancer or 5", "maxSeconds": 4},
+    {"prestopSeconds": "fromloadbalancer or 5"},
+    {"prestopSeconds": "fromLoadBalancer  or 5"},
+    {"profiles": {"name": "a"}},
+    {"profiles": [{"match": {}}]},  # no name
+    {"profiles": [{"name": "Web"}]},
+    {"profiles": [{"name": "a" * 64}]},
+    {"profiles": [{"name": "a"}, {"name": "a"}]},
+    {"profiles": [{"name": "a", "colour": "red"}]},
+    {"profiles": [{"name": "a", "match": {"exposure": "public"}}]},
+    {"profiles": [{"name": "a", "match": {"exposure": "unknown"}}]},
+    {"profiles": [{"name": "a", "match": {"exposure": []}}]},
+    {"profiles": [{"name": "a", "match": {"ownerKind": "Pod"}}]},
+    {"profiles": [{"name": "a", "match": {"ownerKind": ["Deployment", "deployment"]}}]},
+    {"profiles": [{"name": "a", "match": {"namespace": "shop"}}]},
+    {"profiles": [{"name": "a", "match": {"podSelector": {"matchLabels": {"a b": "c"}}}}]},
+    {"profiles": [{"name": "a", "match": {"podSelector": {"matchLabels": {"a": "b c"}}}}]},
+    {"profiles": [{"name": "a", "match": {"podSelector": {"matchLabels": {"a": 1}}}}]},
+    {"profiles": [{"name": "a", "match": {"podSelector": {"matchLabels": {"a": "x" * 64}}}}]},
+    {
+        "profiles": [
+            {"name": "a", "match": {"podSelector": {"matchLabels": {("p" * 254) + "/a": "b"}}}}
+        ]
+    },
+    {"profiles": [{"name": "a", "match": {"podSelector": {"matchFields": {}}}}]},
+    {
+        "profiles": [
+            {
+                "name": "a",
+                "match": {"podSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}},
+            }
+        ]
+    },
+    {
+        "profiles": [
+            {
+                "name": "a",
+                "match": {
+                    "podSelector": {
+                        "matchExpressions": [{"key": "a", "operator": "NotIn", "values": []}]
+                    }
+                },
+            }
+        ]
+    },
+    {
+        "profiles": [
+            {
+                "name": "a",
+                "match": {
+                    "namespaceSelector": {
+                        "matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]
+                    }
+                },
+            }
+        ]
+    },
+    {
+        "profiles": [
+            {
+                "name": "a",
+                "match": {
+                    "namespaceSelector": {
+                        "matchExpressions": [{"key": "a", "operator": "Equals", "values": ["x"]}]
+                    }
+                },
+            }
+        ]
+    },
+    {
+        "profiles": [
+            {
+                "name": "a",
+                "match": {"namespaceSelector": {"matchExpressions": [{"operator": "Exists"}]}},
+            }
+        ]
+    },
+    {
+        "profiles": [
+            {
+                "name": "a",
+                "match": {
+                    "namespaceSelector": {
+                        "matchExpressions": [{"key": "a", "operator": "Exists", "extra": 1}]
+                    }
+                },
+            }
+        ]
+    },
+    {"profiles": [{"name": "a", "settings": {"maxSeconds": 10}}]},
+    {"profiles": [{"name": "a", "settings": {"prestopSecond": 10}}]},
+    {"profiles": [{"name": "a", "settings": {"prestopSeconds": 3601}}]},
+    {"profiles": [{"name": "a", "settings": {"shutdownSeconds": 31}}], "maxSeconds": 30},
+    {"profiles": [{"name": "a", "settings": {"maxGracePeriodSeconds": 0}}]},
+    {"profiles": [{"name": "a", "settings": {"prestopSeconds": "fromLoadBalancer or 3601"}}]},
+    {"profiles": [{"name": "a", "settings": {"prestop": "tcp"}}]},
+    {"profiles": [{"name": "a", "settings": None}]},
 ]
 
 # Each of these must render, and the server must accept what is rendered.
@@ -121,6 +225,76 @@ GOOD_CONFIGS: list[dict[str, Any]] = [
     {"clusterVersion": "auto"},
     {"prestop": "none", "jobs": "inject", "reportOnly": True, "strict": True},
     {"strict": False, "reportOnly": False, "jobs": "skip"},
+    {"maxGracePeriodSeconds": 1},
+    {"maxGracePeriodSeconds": 3600, "prestopSeconds": "fromLoadBalancer or 3600"},
+    {"maxSeconds": 7200, "maxGracePeriodSeconds": 7200},
+    {"prestopSeconds": "fromLoadBalancer or 0", "maxSeconds": 0},
+    {"profiles": []},
+    {
+        "profiles": [
+            {
+                "name": "not-exposed",
+                "match": {"exposure": "none"},
+                "settings": {"prestopSeconds": 0},
+            },
+            {
+                "name": "nlb",
+                "match": {"exposure": "loadBalancer"},
+                "settings": {"prestopSeconds": 20, "shutdownSeconds": 30},
+            },
+        ]
+    },
+    {
+        "profiles": [
+            {
+                "name": "all-of-it",
+                "match": {
+                    "exposure": ["cluster", "loadBalancer"],
+                    "ownerKind": [
+                        "Deployment",
+                        "StatefulSet",
+                        "DaemonSet",
+                        "ReplicaSet",
+                        "Job",
+                        "CronJob",
+                        "none",
+                    ],
+                    "podSelector": {
+                        "matchLabels": {"app.kubernetes.io/name": "web", "tier": ""},
+                        "matchExpressions": [
+                            {"key": "a", "operator": "In", "values": ["x", "y"]},
+                            {"key": "example.com/b", "operator": "NotIn", "values": ["z"]},
+                            {"key": "c", "operator": "Exists"},
+                            {"key": "d", "operator": "DoesNotExist", "values": []},
+                        ],
+                    },
+                    "namespaceSelector": {"matchLabels": {"istio.io/dataplane-mode": "ambient"}},
+                },
+                "settings": {
+                    "prestop": "sleep",
+                    "prestopSeconds": "fromLoadBalancer or 20",
+                    "prestopExec": ["sleep", "5"],
+                    "prestopHttpPath": "/drain",
+                    "prestopHttpPort": "http",
+                    "shutdownSeconds": 30,
+                    "sidecarShutdownSeconds": 10,
+                    "jobs": "inject",
+                    "reportOnly": True,
+                    "maxGracePeriodSeconds": 120,
+                },
+            },
+            {"name": "x", "match": None},
+            {"name": "y", "match": {"podSelector": {}}},
+            {
+                "name": "z",
+                "match": {"podSelector": {"matchLabels": None, "matchExpressions": None}},
+            },
+            {
+                "name": "a-" + "b" * 61,
+                "match": {"podSelector": {"matchLabels": {("p" * 253) + "/" + "n" * 63: "v" * 63}}},
+            },
+        ]
+    },
 ]
 
 # Values the server accepts but the chart need not (stricter is fine): the invariant only.
@@ -131,6 +305,20 @@ OTHER_CONFIGS: list[dict[str, Any]] = [
     {"strict": "true"},
     {"prestopSeconds": 5.0},
     {"maxSeconds": 9007199254740993},
+    {"maxGracePeriodSeconds": "50"},
+    {"profiles": [{"name": "a", "settings": {"prestopSeconds": "5"}}]},
+    {
+        "profiles": [
+            {
+                "name": "a",
+                "match": {
+                    "podSelector": {
+                        "matchExpressions": [{"key": "a", "operator": "Exists", "values": None}]
+                    }
+                },
+            }
+        ]
+    },
 ]
 
 

@@ -416,6 +416,7 @@ def test_rbac_is_minimal(render: Render, source: str) -> None:
     expected_cluster: dict[str, list[Obj]] = {
         f"{FULLNAME}-namespaces": [
             {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "watch"]},
             {"nonResourceURLs": ["/version"], "verbs": ["get"]},
         ]
     }

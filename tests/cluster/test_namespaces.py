@@ -62,10 +62,11 @@ def test_a_trickling_live_read_cannot_hold_a_review_past_the_deadline(
     source = stopped_after(NamespaceCache(server.api(), JsonLog("error"))).start()
     assert source.informer.synced.wait(5)
     started = time.monotonic()
-    result = anyio.run(app._read_namespace, source, "new")
+    deadline = started + app.LIVE_READ_DEADLINE
+    result = anyio.run(app._read_live, source.lookup, "new", deadline)
     took = time.monotonic() - started
     assert result is None, "past the deadline the namespace counts as unreadable (a warning)"
-    assert took < app.NAMESPACE_READ_DEADLINE + 0.5
+    assert took < app.LIVE_READ_DEADLINE + 0.5
 
 
 def test_concurrent_misses_make_one_read_and_a_failure_is_remembered(

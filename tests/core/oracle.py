@@ -195,12 +195,17 @@ def user_sleeps(pod):
     ]
 
 
-def intended_pod(pod, intended, version):
-    """SPEC §4 written out once more, independently of webhook.core."""
+def intended_pod(pod, intended, version, base=None, ceiling=None):
+    """SPEC §4 written out once more, independently of webhook.core.
+
+    `base` holds the values of the config file and profile layers (prestop-seconds already
+    resolved to a number); `ceiling` is maxGracePeriodSeconds (issue 9).
+    """
+    base = base or {}
     out = copy.deepcopy(pod)
     spec = out["spec"]
-    p = value(intended, "prestop-seconds", 5)
-    s = value(intended, "shutdown-seconds", 25)
+    p = value(intended, "prestop-seconds", base.get("prestop-seconds", 5))
+    s = value(intended, "shutdown-seconds", base.get("shutdown-seconds", 25))
     q = value(intended, "sidecar-shutdown-seconds", 5)
     sidecars = value(intended, "sidecars", ())
     selected = value(intended, "containers", tuple(c["name"] for c in spec["containers"]))
@@ -229,26 +234,55 @@ def intended_pod(pod, intended, version):
             if hook:
                 c.setdefault("lifecycle", {})["preStop"] = hook
                 injected[c["name"]] = hook
-        required = 0
-        for c in spec["containers"]:
-            hook = c.get("lifecycle", {}).get("preStop")
-            listed = c["name"] in sidecars
-            if hook is None:
-                delay = 0
-            elif sleep_of(hook) is not None:
-                delay = sleep_of(hook)
-            else:
-                delay = p + s if (listed and c["name"] in injected) else p
-            required = max(required, delay + (q if listed else s))
-        required += q * sum(
+        natives = sum(
             1 for c in spec.get("initContainers", []) if c.get("restartPolicy") == "Always"
         )
+
+        def required_now():
+            longest = 0
+            for c in spec["containers"]:
+                hook = c.get("lifecycle", {}).get("preStop")
+                listed = c["name"] in sidecars
+                if hook is None:
+                    delay = 0
+                elif sleep_of(hook) is not None:
+                    delay = sleep_of(hook)
+                else:
+                    delay = p + s if (listed and c["name"] in injected) else p
+                longest = max(longest, delay + (q if listed else s))
+            return longest + q * natives
+
+        required = required_now()
+        if ceiling is not None and required > ceiling and (explicit is None or explicit > ceiling):
+            for c in spec["containers"]:
+                hook = injected.get(c["name"])
+                if hook is None or sleep_of(hook) is None:
+                    continue
+                room = max(ceiling - (q if c["name"] in sidecars else s) - q * natives, 0)
+                if sleep_of(hook) <= room:
+                    continue
+                if room == 0 and version < (1, 33):
+                    del c["lifecycle"]["preStop"]
+                    if not c["lifecycle"] and "lifecycle" not in next(
+                        o for o in pod["spec"]["containers"] if o["name"] == c["name"]
+                    ):
+                        del c["lifecycle"]
+                    del injected[c["name"]]
+                elif "sleep" in hook:
+                    hook["sleep"]["seconds"] = room
+                elif len(hook["exec"]["command"]) == 2:
+                    hook["exec"]["command"][1] = str(room)
+                else:
+                    hook["exec"]["command"][2] = f"sleep {room}"
+            required = required_now()
         if explicit is None:
-            spec["terminationGracePeriodSeconds"] = max(
-                spec["terminationGracePeriodSeconds"], required
-            )
+            target = max(spec["terminationGracePeriodSeconds"], required)
         else:
-            spec["terminationGracePeriodSeconds"] = max([explicit, *user_sleeps(pod)])
+            target = explicit
+        if ceiling is not None:
+            target = min(target, ceiling)
+        # Never below a sleep the user wrote: the API server rejects such a pod.
+        spec["terminationGracePeriodSeconds"] = max([target, *user_sleeps(pod)])
         for hook in injected.values():
             if "sleep" in hook:
                 hook["sleep"]["seconds"] = min(
@@ -273,3 +307,165 @@ def intended_pod(pod, intended, version):
             head + [c for c in spec["initContainers"] if c["name"] not in moved] + tail
         )
     return out
+
+
+# --- issue 9: profiles, exposure, ceilings ----------------------------------------------------
+
+APPS = ["web", "api"]
+LB_ATTRIBUTES = "service.beta.kubernetes.io/aws-load-balancer-target-group-attributes"
+
+
+@st.composite
+def services_of_namespace(draw):
+    """None (unknown) or the Services of the pod's namespace, as the core reads them."""
+    if draw(st.booleans()) and draw(st.booleans()):
+        return None
+    out = []
+    for index in range(draw(st.integers(0, 3))):
+        kind = draw(st.sampled_from(["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"]))
+        selector = draw(st.sampled_from([{}, {"app": "web"}, {"app": "api"}, {"tier": "front"}]))
+        annotations = {}
+        if draw(st.booleans()):
+            annotations[LB_ATTRIBUTES] = draw(
+                st.sampled_from(
+                    [
+                        "deregistration_delay.timeout_seconds=45",
+                        "stickiness.enabled=true,deregistration_delay.timeout_seconds=120",
+                        "deregistration_delay.timeout_seconds=7200",
+                        "deregistration_delay.timeout_seconds=soon",
+                    ]
+                )
+            )
+        out.append(
+            {"name": f"s{index}", "type": kind, "selector": selector, "annotations": annotations}
+        )
+    return out
+
+
+@st.composite
+def profile_configs(draw):
+    """A config file (as YAML would give it) with profiles and maybe a ceiling."""
+    config: dict[str, Any] = {
+        "maxSeconds": 3600
+    }  # the annotations of `scenarios` are valid up to 120
+    if draw(st.booleans()):
+        config["maxGracePeriodSeconds"] = draw(st.integers(1, 90))
+    if draw(st.booleans()):
+        config["prestopSeconds"] = draw(st.integers(0, 30))
+    profiles = []
+    for index in range(draw(st.integers(0, 3))):
+        match = {}
+        if draw(st.booleans()):
+            match["exposure"] = draw(
+                st.sampled_from(["none", "cluster", "loadBalancer", ["none", "cluster"]])
+            )
+        if draw(st.booleans()):
+            match["ownerKind"] = draw(st.sampled_from(["Deployment", "none", ["Job", "CronJob"]]))
+        if draw(st.booleans()):
+            match["podSelector"] = {"matchLabels": {"app": draw(st.sampled_from(APPS))}}
+        if draw(st.booleans()):
+            match["namespaceSelector"] = {"matchLabels": {"team": draw(st.sampled_from("ab"))}}
+        settings = {}
+        if draw(st.booleans()):
+            settings["prestopSeconds"] = draw(
+                st.one_of(
+                    st.integers(0, 60), st.integers(0, 40).map(lambda n: f"fromLoadBalancer or {n}")
+                )
+            )
+        if draw(st.booleans()):
+            settings["shutdownSeconds"] = draw(st.integers(0, 60))
+        if draw(st.booleans()):
+            settings["maxGracePeriodSeconds"] = draw(st.integers(1, 90))
+        profiles.append({"name": f"p{index}", "match": match, "settings": settings})
+    config["profiles"] = profiles
+    return config
+
+
+@st.composite
+def worlds(draw):
+    """Everything outside the pod a profile may test: config, Services, namespace labels,
+    owner kind, the pod's labels."""
+    return {
+        "config": draw(profile_configs()),
+        "services": draw(services_of_namespace()),
+        "namespace_labels": draw(st.sampled_from([None, {}, {"team": "a"}, {"team": "b"}])),
+        "owner_kind": draw(st.sampled_from(["Deployment", "Job", "CronJob", "none"])),
+        "labels": draw(st.sampled_from([{}, {"app": "web"}, {"app": "api", "tier": "front"}])),
+    }
+
+
+def as_list(value):
+    return value if isinstance(value, list) else [value]
+
+
+def selecting(world):
+    services = world["services"] or []
+    return [
+        s
+        for s in services
+        if s["selector"]
+        and s["type"] != "ExternalName"
+        and all(world["labels"].get(k) == v for k, v in s["selector"].items())
+    ]
+
+
+def exposure_of(world):
+    if world["services"] is None:
+        return "unknown"
+    chosen = selecting(world)
+    if not chosen:
+        return "none"
+    return (
+        "loadBalancer"
+        if any(s["type"] in ("NodePort", "LoadBalancer") for s in chosen)
+        else "cluster"
+    )
+
+
+def chosen_profile(world):
+    for profile in world["config"]["profiles"]:
+        match = profile["match"]
+        if "ownerKind" in match and world["owner_kind"] not in as_list(match["ownerKind"]):
+            continue
+        pod_labels = match.get("podSelector", {}).get("matchLabels", {})
+        if any(world["labels"].get(k) != v for k, v in pod_labels.items()):
+            continue
+        if "namespaceSelector" in match:
+            wanted = match["namespaceSelector"]["matchLabels"]
+            have = world["namespace_labels"]
+            if have is None or any(have.get(k) != v for k, v in wanted.items()):
+                continue
+        if "exposure" in match and exposure_of(world) not in as_list(match["exposure"]):
+            continue  # "unknown" is in no list
+        return profile
+    return None
+
+
+def base_layers(world):
+    """The config-file and profile layers by annotation key, P resolved to a number, and
+    the ceiling."""
+    config = world["config"]
+    profile = chosen_profile(world)
+    merged = {k: v for k, v in config.items() if k not in ("profiles", "maxSeconds")}
+    merged.update(profile["settings"] if profile else {})
+    base = {}
+    prestop = merged.get("prestopSeconds")
+    if isinstance(prestop, str):
+        fallback = int(prestop.rsplit(" ", 1)[1])
+        delays = [
+            int(item.split("=")[1])
+            for s in selecting(world)
+            if s["type"] in ("NodePort", "LoadBalancer")
+            for item in s["annotations"].get(LB_ATTRIBUTES, "").split(",")
+            if item.startswith("deregistration_delay.") and item.split("=")[1].isdigit()
+        ]
+        prestop = (
+            min(max(delays), config["maxSeconds"])
+            if delays and world["services"] is not None
+            else fallback
+        )
+    if prestop is not None:
+        base["prestop-seconds"] = prestop
+    if "shutdownSeconds" in merged:
+        base["shutdown-seconds"] = merged["shutdownSeconds"]
+    return base, merged.get("maxGracePeriodSeconds"), profile

@@ -49,14 +49,19 @@ class Case:
         return ["mutate", "-f", str(self.path), *self.flags]
 
 
+_PATH_FLAGS = ("--config", "--services")
+
+
 def _rooted(flags: list[str]) -> list[str]:
-    """`--config` paths are written relative to the repository root; make them absolute."""
+    """`--config` and `--services` paths are written relative to the repository root; make
+    them absolute."""
     out = list(flags)
     for index, flag in enumerate(out):
-        if flag == "--config" and index + 1 < len(out):
+        name, equals, value = flag.partition("=")
+        if flag in _PATH_FLAGS and index + 1 < len(out):
             out[index + 1] = str(ROOT / out[index + 1])
-        elif flag.startswith("--config="):
-            out[index] = "--config=" + str(ROOT / flag.removeprefix("--config="))
+        elif equals and name in _PATH_FLAGS:
+            out[index] = f"{name}={ROOT / value}"
     return out
 
 
@@ -115,12 +120,12 @@ def _lines(lines: list[str]) -> str:
 
 def run_core(case: Case) -> CoreRun:
     """Every pod of the case through `mutate` + `apply_patch`, written back into its document."""
-    case_options = options(case)
     documents = load_documents(case.path.read_text(encoding="utf-8"))
+    case_options = options(case).with_input(documents)
     runs: list[SiteRun] = []
     for document in documents:
         for site in pod_sites(document):
-            settings = case_options.settings(site.namespace)
+            settings = case_options.settings(site.namespace, site.owner_kind)
             mutation = mutate(site.pod, settings)
             before = copy.deepcopy(site.pod)
             after = before
@@ -129,6 +134,60 @@ def run_core(case: Case) -> CoreRun:
             runs.append(SiteRun(site, settings, mutation, before, after))
             site.store(after)
     return CoreRun(documents, runs)
+
+
+# --- a template's pod as the API server receives it ---------------------------------------
+
+TEMPLATE_HASH = "5d8f7c9b6"
+CRONJOB_MINUTES = "29412345"
+_CONTROLLERS = {
+    "Deployment": ("apps/v1", "ReplicaSet", "-" + TEMPLATE_HASH),
+    "ReplicaSet": ("apps/v1", "ReplicaSet", ""),
+    "StatefulSet": ("apps/v1", "StatefulSet", ""),
+    "DaemonSet": ("apps/v1", "DaemonSet", ""),
+    "Job": ("batch/v1", "Job", ""),
+    "CronJob": ("batch/v1", "Job", "-" + CRONJOB_MINUTES),
+}
+
+
+def as_created(site: PodSite) -> dict[str, Any]:
+    """A template's pod as its controller creates it: the controller's ownerReference (a
+    Deployment's ReplicaSet, a CronJob's Job) and, for a Deployment, the pod-template-hash
+    label. Offline the CLI knows the workload's kind; this is how the server learns it.
+    A Pod (or a PodTemplate's pod, which no controller creates) is returned as it is."""
+    pod = copy.deepcopy(site.pod)
+    controller = _CONTROLLERS.get(site.owner_kind or "")
+    if controller is None:
+        return pod
+    api_version, kind, suffix = controller
+    metadata = pod.setdefault("metadata", {})
+    metadata["ownerReferences"] = [
+        {
+            "apiVersion": api_version,
+            "kind": kind,
+            "name": site.owner_name + suffix,
+            "uid": "00000000-0000-4000-8000-000000000001",
+            "controller": True,
+        }
+    ]
+    if site.owner_kind == "Deployment":
+        metadata["labels"] = {**(metadata.get("labels") or {}), "pod-template-hash": TEMPLATE_HASH}
+    return pod
+
+
+def as_written(pod: dict[str, Any], site: PodSite) -> dict[str, Any]:
+    """`pod` without what `as_created` added, to compare with the golden template."""
+    pod = copy.deepcopy(pod)
+    if site.owner_kind not in _CONTROLLERS:
+        return pod
+    metadata = pod["metadata"]
+    del metadata["ownerReferences"]
+    if site.owner_kind == "Deployment":
+        labels = metadata["labels"]
+        del labels["pod-template-hash"]
+        if not labels and "labels" not in (site.pod.get("metadata") or {}):
+            del metadata["labels"]
+    return pod
 
 
 def write_atomically(path: Path, text: str) -> None:

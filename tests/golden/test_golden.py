@@ -30,6 +30,7 @@ from tests.golden.regenerate import regenerate
 from webhook import cli
 from webhook.app import ServerState, create_app
 from webhook.cluster.namespaces import StaticNamespaces
+from webhook.cluster.services import StaticServices
 from webhook.core import mutate
 from webhook.logs import JsonLog
 from webhook.manifests import load_documents, pod_sites
@@ -125,8 +126,12 @@ def _assert_adds_are_new(document: dict[str, Any], ops: list[dict[str, Any]]) ->
 
 def _expected_stderr(case: harness.Case) -> str:
     denials = _read(case, harness.DENIED).splitlines()
-    return _read(case, harness.WARNINGS) + "".join(
-        f"lifecycle-webhook mutate: denied: {line}\n" for line in denials
+    reasons = {w.reason for run in harness.run_core(case).sites for w in run.mutation.warnings}
+    hint = cli.SERVICES_HINT + "\n" if "services_unavailable" in reasons else ""
+    return (
+        _read(case, harness.WARNINGS)
+        + hint
+        + "".join(f"lifecycle-webhook mutate: denied: {line}\n" for line in denials)
     )
 
 
@@ -196,25 +201,30 @@ async def _post_all(state: ServerState, bodies: list[bytes]) -> list[httpx.Respo
 
 @pytest.mark.parametrize("case", CASES, ids=ids)
 def test_http(case: harness.Case) -> None:
-    """Each pod as the API server would send it; the returned patch applied gives the golden pod."""
-    options = harness.options(case)
-    sites = [
-        site
-        for document in load_documents(case.path.read_text(encoding="utf-8"))
-        for site in pod_sites(document)
-    ]
+    """Each pod as the API server would send it (a template's with its controller's
+    ownerReference); the returned patch applied gives the golden pod."""
+    documents = load_documents(case.path.read_text(encoding="utf-8"))
+    options = harness.options(case).with_input(documents)
+    sites = [site for document in documents for site in pod_sites(document)]
+    namespaces = {site.namespace for site in sites}
+    labels = {name: dict(options.settings(name).namespace_labels or {}) for name in namespaces}
+    services = None
+    if options.services is not None:
+        services = {name: options.settings(name).services or [] for name in namespaces}
     state = ServerState(
         config=options.config,
         namespaces=StaticNamespaces(
-            {site.namespace: dict(options.namespace_annotations) for site in sites}
+            {name: dict(options.namespace_annotations) for name in namespaces}, labels
         ),
+        services=StaticServices(services),  # type: ignore[arg-type]
         metrics=Metrics(),
         log=JsonLog(level="error"),
         cluster_version_override=options.cluster_version,
     )
+    pods = [harness.as_created(site) for site in sites]
     bodies = [
-        orjson.dumps(_review(f"uid-{index}", site.pod, site.namespace))
-        for index, site in enumerate(sites)
+        orjson.dumps(_review(f"uid-{index}", pod, site.namespace))
+        for index, (site, pod) in enumerate(zip(sites, pods, strict=True))
     ]
     responses = asyncio.run(_post_all(state, bodies))
 
@@ -239,15 +249,15 @@ def test_http(case: harness.Case) -> None:
             assert "patch" not in answer
             continue
         assert answer["allowed"] is True
-        patched = site.pod
+        patched = pods[index]
         if "patch" in answer:
             assert answer["patchType"] == "JSONPatch"
             ops = orjson.loads(base64.b64decode(answer["patch"], validate=True))
             assert ops, "an empty patch must be left out"
-            patched = jsonpatch.apply_patch(site.pod, ops, in_place=False)
+            patched = jsonpatch.apply_patch(pods[index], ops, in_place=False)
         else:
             assert "patchType" not in answer
-        assert patched == golden_views[index], site.label
+        assert harness.as_written(patched, site) == golden_views[index], site.label
     assert warnings == _read(case, harness.WARNINGS).splitlines()
 
 
@@ -257,10 +267,11 @@ def test_http(case: harness.Case) -> None:
 @pytest.mark.parametrize("case", MUTATED_CASES, ids=[case.name for case in MUTATED_CASES])
 def test_output_is_a_fixed_point(case: harness.Case) -> None:
     """The webhook run on its own output changes nothing (SPEC 4.4)."""
-    options = harness.options(case)
-    for document in _golden_documents(case):
+    documents = _golden_documents(case)
+    options = harness.options(case).with_input(documents)
+    for document in documents:
         for site in pod_sites(document):
-            mutation = mutate(site.pod, options.settings(site.namespace))
+            mutation = mutate(site.pod, options.settings(site.namespace, site.owner_kind))
             assert mutation.ops == [], (site.label, mutation.ops)
             assert mutation.outcome in ("unchanged", "skipped")
 

@@ -349,8 +349,13 @@ def _kubeconfig_server(kubeconfig: str | None) -> ApiServer:
         context.verify_mode = ssl.CERT_NONE
 
     def authorization() -> str | None:
-        value = configuration.get_api_key_with_prefix("authorization")
-        return str(value) if value else None
+        """A token from the kubeconfig (static, or refreshed by an exec/auth plugin); the
+        kubernetes client keeps it under "BearerToken" (older releases: "authorization")."""
+        for key in ("BearerToken", "authorization"):
+            value = configuration.get_api_key_with_prefix(key)
+            if value:
+                return str(value)
+        return None
 
     return ApiServer(
         configuration.host,

@@ -1,8 +1,10 @@
 """Services per namespace, for a pod's exposure (issue 9: the profiles feature).
 
-The webhook does not use it yet. It keeps, of every Service, only what exposure needs, as a
+The server starts it when its configuration needs exposure (a profile tests it, or a
+setting is `fromLoadBalancer`); until then a pod annotated `fromLoadBalancer` is served by
+live reads. It keeps, of every Service, only what exposure needs, as a
 plain dict the pure core can consume and the CLI can build from manifests alike
-(`service_summary` is that one conversion):
+(`webhook.core.traffic.service_summary` is that one conversion):
 
     {"name": "web", "type": "LoadBalancer", "selector": {"app": "web"},
      "annotations": {TARGET_GROUP_ATTRIBUTES: "deregistration_delay.timeout_seconds=120"}}
@@ -21,52 +23,57 @@ from __future__ import annotations
 
 import threading
 import urllib.parse
-from typing import Any, Literal, TypedDict
+from collections.abc import Mapping, Sequence
+from typing import Literal, Protocol
 
 from webhook.cluster.api import ApiError, ApiServer
 from webhook.cluster.live import LOOKUP_TIMEOUT, NEEDS_LOOKUP, LiveReads, Lookup
 from webhook.cluster.watch import Informer
+from webhook.core.traffic import TARGET_GROUP_ATTRIBUTES, Service, service_summary
 from webhook.logs import JsonLog
 
-TARGET_GROUP_ATTRIBUTES = "service.beta.kubernetes.io/aws-load-balancer-target-group-attributes"
-"""The one Service annotation kept: it may state the load balancer's deregistration delay."""
-
-
-class Service(TypedDict):
-    name: str
-    type: str
-    selector: dict[str, str]
-    annotations: dict[str, str]
-
+__all__ = [
+    "TARGET_GROUP_ATTRIBUTES",
+    "Service",
+    "ServiceCache",
+    "ServiceSource",
+    "Services",
+    "StaticServices",
+    "service_summary",
+]
 
 Services = tuple[Service, ...]
 
 
-def _strings(value: object) -> dict[str, str]:
-    if not isinstance(value, dict):
-        return {}
-    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
+class ServiceSource(Protocol):
+    def peek(self, namespace: str) -> Services | Literal[Lookup.NEEDED] | None:
+        """Without blocking: the namespace's Services, None when unknown, or NEEDS_LOOKUP
+        when only I/O can answer (then call `services_in`, off the event loop)."""
+        ...
+
+    def services_in(self, namespace: str) -> Services | None:
+        """Like `peek`, reading live when needed; None when unknown. May block ~0.5 s."""
+        ...
 
 
-def service_summary(service: dict[str, Any]) -> Service | None:
-    """What exposure needs of a Service object (from the API server or a manifest); None
-    for something without a name."""
-    meta = service.get("metadata")
-    meta = meta if isinstance(meta, dict) else {}
-    name = meta.get("name")
-    if not isinstance(name, str) or not name:
-        return None
-    spec = service.get("spec")
-    spec = spec if isinstance(spec, dict) else {}
-    kind = spec.get("type")
-    kind = kind if isinstance(kind, str) else "ClusterIP"
-    annotations = _strings(meta.get("annotations"))
-    return {
-        "name": name,
-        "type": kind,
-        "selector": {} if kind == "ExternalName" else _strings(spec.get("selector")),
-        "annotations": {k: v for k, v in annotations.items() if k == TARGET_GROUP_ATTRIBUTES},
-    }
+class StaticServices:
+    """Fixed Services by namespace (a namespace not listed has none); without a cluster,
+    `StaticServices(None)`: unknown everywhere."""
+
+    def __init__(self, by_namespace: Mapping[str, Sequence[Service]] | None = None) -> None:
+        self.by_namespace = (
+            None
+            if by_namespace is None
+            else {name: tuple(found) for name, found in by_namespace.items()}
+        )
+
+    def peek(self, namespace: str) -> Services | None:
+        if self.by_namespace is None:
+            return None
+        return self.by_namespace.get(namespace, ())
+
+    def services_in(self, namespace: str) -> Services | None:
+        return self.peek(namespace)
 
 
 class ServiceCache:
@@ -88,6 +95,7 @@ class ServiceCache:
         self._by_namespace: dict[str, Services] = {}
         """What readers get, per namespace; dropped on a change, rebuilt on the next read."""
         self._lock = threading.Lock()
+        self._started = False
         self.informer: Informer[Service] = Informer(
             api,
             "/api/v1/services",
@@ -104,7 +112,11 @@ class ServiceCache:
         self._live = LiveReads(self._read, lookup_timeout)
 
     def start(self) -> ServiceCache:
-        self.informer.start()
+        """Starts the watch; again is a no-op (the server starts it when a config needs it)."""
+        with self._lock:
+            started, self._started = self._started, True
+        if not started:
+            self.informer.start()
         return self
 
     def stop(self) -> None:

@@ -85,6 +85,23 @@ def sleep_seconds(handler: Any) -> int | None:
     return None
 
 
+def with_delay(
+    handler: dict[str, Any], delay: int, cluster_version: tuple[int, int]
+) -> dict[str, Any] | None:
+    """The same kind of sleep as `handler` (whose `sleep_seconds` is known), `delay` long;
+    None when a 0 s delay means no hook (before 1.33, as for a fresh injection)."""
+    if delay == 0 and cluster_version < SLEEP_ZERO_SINCE:
+        return None
+    if "sleep" in handler:
+        return {"sleep": {"seconds": delay}}
+    command = list(handler["exec"]["command"])
+    if len(command) == 2:
+        command[1] = str(delay)
+    else:
+        command[2] = f"sleep {delay}"
+    return {"exec": {"command": command}}
+
+
 def action_sleep_seconds(handler: Any) -> int | None:
     """Only the `sleep` action: the API server checks it against the grace period."""
     if isinstance(handler, dict) and isinstance(handler.get("sleep"), dict):

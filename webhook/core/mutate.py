@@ -7,14 +7,10 @@ output yields no operations.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
-from webhook.core import handlers, init_order
+from webhook.core import ceilings, handlers, init_order, profiles, status, traffic
 from webhook.core import settings as settings_table
 from webhook.core.messages import WARNING_PREFIX, printable, quoted, warning
 from webhook.core.model import (
@@ -30,29 +26,15 @@ from webhook.core.model import (
     Settings,
 )
 from webhook.core.patch import set_member
-
-DEFAULT_GRACE_SECONDS = 30
-"""What the API server defaults `terminationGracePeriodSeconds` to; a template may omit it."""
-
-
-@dataclass(slots=True)
-class _Plan:
-    """What this pod gets; filled step by step, turned into operations at the end."""
-
-    prestop: dict[int, dict[str, Any]] = field(default_factory=dict)
-    poststart: dict[int, dict[str, Any]] = field(default_factory=dict)
-    grace: tuple[int | None, int] | None = None
-    init_order: list[str] | None = None
-    warnings: list[AdmissionWarning] = field(default_factory=list)
-    explanation: list[str] = field(default_factory=list)
-    explain: bool = False
+from webhook.core.plan import DEFAULT_GRACE_SECONDS, Plan, mapping
+from webhook.core.values import FromLoadBalancer
 
 
 def mutate(pod: Pod, settings: Settings, *, explain: bool = False) -> Mutation:
     """The operations for `pod`; with `explain`, also each decision in words (for the CLI)."""
-    metadata = _mapping(pod.get("metadata"))
-    annotations = _mapping(metadata.get("annotations"))
-    labels = _mapping(metadata.get("labels"))
+    metadata = mapping(pod.get("metadata"))
+    annotations = mapping(metadata.get("annotations"))
+    labels = mapping(metadata.get("labels"))
     namespace = settings.namespace or str(metadata.get("namespace") or "")
 
     skip = _skip_reason(annotations, labels, namespace, settings)
@@ -61,7 +43,7 @@ def mutate(pod: Pod, settings: Settings, *, explain: bool = False) -> Mutation:
     if skip:
         return Mutation(ops=[], outcome="skipped", explanation=(printable(f"skipped: {skip}"),))
 
-    plan = _Plan(explain=explain)
+    plan = Plan(explain=explain)
     namespace_annotations = settings.namespace_annotations
     if namespace_annotations is None:
         plan.warnings.append(
@@ -72,16 +54,38 @@ def mutate(pod: Pod, settings: Settings, *, explain: bool = False) -> Mutation:
             )
         )
         namespace_annotations = {}
-    resolved = settings_table.resolve(settings.config, namespace_annotations, annotations)
+    facts = profiles.PodFacts(
+        namespace=namespace,
+        metadata=metadata,
+        labels=labels,
+        namespace_labels=settings.namespace_labels,
+        services=settings.services,
+        known_owner_kind=settings.owner_kind,
+    )
+    choice = _NO_CHOICE
+    if settings.config.profiles:
+        choice = profiles.choose(settings.config.profiles, facts, explain)
+        if choice.exposure_unknown:
+            plan.warnings.append(
+                warning(
+                    "services_unavailable",
+                    "could not read the Services of namespace {}; profiles testing exposure "
+                    "do not apply",
+                    quoted(namespace),
+                )
+            )
+    profile = choice.profile
+    resolved = settings_table.resolve(settings.config, profile, namespace_annotations, annotations)
     if resolved["inject"] is False:
         layer = resolved.layers["inject"]
         return Mutation(
             ops=[], outcome="skipped", explanation=(f"skipped: {layer} annotation inject=false",)
         )
     if explain:
+        plan.explanation.extend(choice.explanation)
         plan.explanation.extend(_explain_settings(resolved))
 
-    spec = _mapping(pod.get("spec"))
+    spec = mapping(pod.get("spec"))
     containers = _list(spec.get("containers"))
     init_containers = _list(spec.get("initContainers"))
     # A container without a string name cannot be valid; it is left alone (and not counted).
@@ -109,19 +113,25 @@ def mutate(pod: Pod, settings: Settings, *, explain: bool = False) -> Mutation:
             explanation=tuple(
                 printable(line) for line in (*plan.explanation, "denied: strict mode")
             ),
+            profile=profile.name if profile else None,
+            exposure=_exposure(facts),
         )
     plan.warnings[:0] = problems
 
-    _plan_lifecycle(plan, spec, containers, init_containers, regular, resolved, settings)
+    earlier = status.parse(annotations.get(STATUS_KEY))
+    ours = _our_prestops(earlier, regular)
+    _plan_lifecycle(
+        plan, spec, containers, init_containers, regular, resolved, settings, facts, earlier, ours
+    )
     _plan_poststart(plan, regular, resolved)
     _plan_init_order(plan, init_containers, init_names, resolved)
 
     features = _features(plan)
     ops = [] if resolved["report-only"] else _operations(plan, containers, init_containers, spec)
     if features:
-        status = _status(plan, resolved, annotations.get(STATUS_KEY), containers)
-        if status != annotations.get(STATUS_KEY) and isinstance(pod.get("metadata", {}), dict):
-            ops.append(_annotation_op(pod, STATUS_KEY, status))
+        record = status.build(plan, resolved, profile, earlier, containers)
+        if record != annotations.get(STATUS_KEY) and isinstance(pod.get("metadata", {}), dict):
+            ops.append(_annotation_op(pod, STATUS_KEY, record))
     if resolved["report-only"] and features:
         plan.explanation.append("report-only: nothing but the status annotation is changed")
     return Mutation(
@@ -129,8 +139,40 @@ def mutate(pod: Pod, settings: Settings, *, explain: bool = False) -> Mutation:
         outcome="mutated" if ops else "unchanged",
         warnings=tuple(_unique(plan.warnings)),
         features=features,
-        explanation=tuple(printable(line) for line in plan.explanation),
+        # Escaped only when asked for: the server never shows it, and it is per review.
+        explanation=tuple(printable(line) for line in plan.explanation) if explain else (),
+        profile=profile.name if profile else None,
+        exposure=_exposure(facts),
     )
+
+
+_NO_CHOICE = profiles.Choice(None, (), exposure_unknown=False)
+
+
+def _exposure(facts: profiles.PodFacts) -> str | None:
+    return facts.traffic.exposure if facts.traffic_known else None
+
+
+def _our_prestops(
+    earlier: Mapping[str, Any], regular: list[tuple[int, dict[str, Any]]]
+) -> set[int]:
+    """Containers whose preStop the status says we added (in an earlier round), when that
+    round changed the pod (report-only changes nothing)."""
+    recorded = mapping(earlier.get("containers"))
+    if not recorded or earlier.get("reportOnly") is True:
+        return set()
+    ours = set()
+    for index, container in regular:
+        hooks = recorded.get(container["name"])
+        lifecycle = container.get("lifecycle")
+        if (
+            isinstance(hooks, list)
+            and "preStop" in hooks
+            and isinstance(lifecycle, dict)
+            and isinstance(lifecycle.get("preStop"), dict)
+        ):
+            ours.add(index)
+    return ours
 
 
 def _skip_reason(
@@ -149,13 +191,16 @@ def _skip_reason(
 
 
 def _plan_lifecycle(
-    plan: _Plan,
+    plan: Plan,
     spec: Mapping[str, Any],
     containers: list[Any],
     init_containers: list[Any],
     regular: list[tuple[int, dict[str, Any]]],
     resolved: settings_table.Resolved,
     settings: Settings,
+    facts: profiles.PodFacts,
+    earlier: Mapping[str, Any],
+    ours: set[int],
 ) -> None:
     """preStop hooks and the grace period: they are sized together (SPEC 4.1, 4.2)."""
     restart_policy = spec.get("restartPolicy") or "Always"
@@ -175,7 +220,10 @@ def _plan_lifecycle(
         )
         return
     explicit = resolved["termination-grace-period-seconds"]
-    zero = explicit == 0 if explicit is not None else raw_grace == 0
+    # A 0 is kept: the user's, or one a webhook called after us set (over our annotation).
+    zero = explicit == 0 or (
+        raw_grace == 0 and (explicit is None or (ceilings.count(ceilings.sized(earlier)) or 0) > 0)
+    )
     if zero:
         plan.warnings.append(
             warning(
@@ -184,13 +232,15 @@ def _plan_lifecycle(
                 " (annotation)" if explicit == 0 else "",
             )
         )
+        # Our own sleeps from an earlier round must fit a 0 set after us (the API checks them).
+        ceilings.shorten(plan, containers, ours, dict.fromkeys(ours, 0), settings.cluster_version)
         if explicit == 0:
-            target = _floor_at_user_sleeps(plan, 0, containers, init_containers)
+            target = _floor_at_user_sleeps(plan, 0, containers, init_containers, ours)
             if target != raw_grace:
                 plan.grace = (raw_grace, target)
         return
 
-    p = resolved["prestop-seconds"]
+    p = _prestop_seconds(plan, resolved, facts, settings)
     s = resolved["shutdown-seconds"]
     q = resolved["sidecar-shutdown-seconds"]
     sidecars = set(resolved["sidecars"] or ())
@@ -200,6 +250,9 @@ def _plan_lifecycle(
     for index, container in regular:
         name = container.get("name")
         lifecycle = container.get("lifecycle")
+        if index in ours:
+            plan.explanation.append(f"container {name}: keeps the preStop of an earlier round")
+            continue
         if name not in selected:
             plan.explanation.append(f"container {name}: not selected, no preStop")
             continue
@@ -230,45 +283,96 @@ def _plan_lifecycle(
         role = "listed sidecar, P+S" if name in sidecars else "P"
         plan.explanation.append(f"container {name}: preStop {_describe(handler)} ({role})")
 
-    required, terms = _required_grace(plan, regular, init_containers, sidecars, p, s, q)
+    natives = sum(
+        1 for c in init_containers if isinstance(c, dict) and c.get("restartPolicy") == "Always"
+    )
     current = DEFAULT_GRACE_SECONDS if raw_grace is None else max(raw_grace, 1)
+    ceiling = ceilings.ceiling(resolved, earlier, current, containers, ours)
+    needed, terms = _required_grace(plan, regular, natives, sidecars, p, s, q)
+    required = needed
+    shortened: list[str] = []
+    if ceiling is not None and needed > ceiling[0] and (explicit is None or explicit > ceiling[0]):
+        shortened = ceilings.fit(
+            plan, containers, regular, ours, ceiling[0] - q * natives, sidecars, s, q, settings
+        )
+    if shortened and ceiling is not None:
+        plan.explanation.append(
+            f"ceiling {ceiling[0]} ({ceilings.describe(ceiling)}) below the {needed} needed: "
+            f"injected sleeps shortened: {', '.join(shortened)}"
+        )
+        required, terms = _required_grace(plan, regular, natives, sidecars, p, s, q)
     if explicit is not None:
-        target = _floor_at_user_sleeps(plan, explicit, containers, init_containers)
-        if target < required:
-            plan.warnings.append(
-                warning(
-                    "grace_below_required",
-                    "terminationGracePeriodSeconds {} is below the "
-                    + f"{required}s the shutdown needs",
-                    target,
-                )
-            )
-        source = f"annotation {explicit}"
+        target, source = explicit, f"annotation {explicit}"
     else:
-        target = max(current, required)
-        source = f"max(current {current}, required {required})"
+        target, source = max(current, required), f"max(current {current}, required {required})"
+    uncapped = target
+    capped = ceiling is not None and target > ceiling[0]
+    if ceiling is not None and capped:
+        target = ceiling[0]
+        source += f", capped at {target} ({ceilings.describe(ceiling)})"
+    target = _floor_at_user_sleeps(
+        plan, target, containers, init_containers, ours, capped, explicit is not None
+    )
+    if ceiling is not None and (shortened or (capped and target == ceiling[0])):
+        plan.warnings.append(ceilings.warning_for(ceiling, needed, uncapped, shortened))
+    if ceiling is not None and (capped or shortened or ceiling[1] == "webhook"):
+        plan.ceiling = ceiling
+    if explicit is not None and target < required:
+        plan.warnings.append(
+            warning(
+                "grace_below_required",
+                "terminationGracePeriodSeconds {} is below the "
+                + f"{required}s the shutdown needs",
+                target,
+            )
+        )
     if plan.explain:
         plan.explanation.append(
             f"grace period: required {required} = {terms}; final {target} = {source}"
         )
-
-    for index, handler in plan.prestop.items():
-        seconds = handlers.action_sleep_seconds(handler)
-        if seconds is not None and seconds > target:
-            handler["sleep"] = {"seconds": target}
-            plan.warnings.append(
-                warning(
-                    "sleep_clamped",
-                    "preStop sleep of container {} "
-                    + f"cut from {seconds}s to the {target}s grace period",
-                    containers[index].get("name"),
-                )
-            )
+    ceilings.clamp_sleeps(plan, containers, ours, target)
     if target != (DEFAULT_GRACE_SECONDS if raw_grace is None else raw_grace):
         plan.grace = (raw_grace, target)
+    plan.grace_record = (DEFAULT_GRACE_SECONDS if raw_grace is None else raw_grace, target)
 
 
-def _handler_mode(plan: _Plan, mode: str, version: tuple[int, int]) -> str:
+def _prestop_seconds(
+    plan: Plan, resolved: settings_table.Resolved, facts: profiles.PodFacts, settings: Settings
+) -> int:
+    """P; `fromLoadBalancer or N` reads the delay the pod's load-balancer Services state."""
+    value = resolved["prestop-seconds"]
+    if not isinstance(value, FromLoadBalancer):
+        return int(value)
+    seen = facts.traffic
+    if seen.exposure == "unknown":
+        plan.warnings.append(
+            warning(
+                "services_unavailable",
+                "could not read the Services of namespace {}; "
+                + f"prestop-seconds is its fallback, {value.fallback}",
+                quoted(facts.namespace),
+            )
+        )
+        plan.explanation.append(f"prestop-seconds {value.fallback}: Services unknown, fallback")
+        return value.fallback
+    stated = seen.deregistration_delay()
+    if stated is None:
+        plan.explanation.append(
+            f"prestop-seconds {value.fallback}: fallback, no load-balancer Service selecting "
+            f"the pod states {traffic.DEREGISTRATION_DELAY} ({seen.describe()})"
+        )
+        return value.fallback
+    seconds, service = stated
+    bounded = min(seconds, settings.config.max_seconds)
+    bound = f", bounded by maxSeconds {bounded}" if bounded < seconds else ""
+    plan.explanation.append(
+        f"prestop-seconds {bounded}: Service {service} states "
+        f"{traffic.DEREGISTRATION_DELAY}={seconds}{bound}"
+    )
+    return bounded
+
+
+def _handler_mode(plan: Plan, mode: str, version: tuple[int, int]) -> str:
     has_sleep = version >= handlers.SLEEP_ACTION_SINCE
     if mode == "auto":
         return "sleep" if has_sleep else "exec"
@@ -285,9 +389,9 @@ def _handler_mode(plan: _Plan, mode: str, version: tuple[int, int]) -> str:
 
 
 def _required_grace(
-    plan: _Plan,
+    plan: Plan,
     regular: list[tuple[int, dict[str, Any]]],
-    init_containers: list[Any],
+    natives: int,
     sidecars: set[Any],
     p: int,
     s: int,
@@ -304,46 +408,66 @@ def _required_grace(
         else:
             lifecycle = container.get("lifecycle")
             pre = lifecycle.get("preStop") if isinstance(lifecycle, dict) else None
+            if index in plan.resized:
+                pre = plan.resized[index]
             known = handlers.sleep_seconds(pre)
             delay = 0 if pre is None else known if known is not None else p
         after = q if listed else s
         if delay + after > longest:
             longest, longest_term = delay + after, f"{name}: {delay}+{after}"
-    natives = sum(
-        1 for c in init_containers if isinstance(c, dict) and c.get("restartPolicy") == "Always"
-    )
     required = longest + q * natives
     terms = f"({longest_term})" + (f" + {natives}x{q} native sidecars" if natives else "")
     return required, terms
 
 
 def _floor_at_user_sleeps(
-    plan: _Plan, target: int, containers: list[Any], init_containers: list[Any]
+    plan: Plan,
+    target: int,
+    containers: list[Any],
+    init_containers: list[Any],
+    ours: set[int],
+    capped: bool = False,
+    explicit: bool = True,
 ) -> int:
-    """An explicit grace period may not go below a sleep the user wrote (the API rejects it)."""
-    sleeps = [
-        seconds
-        for container in (*containers, *init_containers)
-        if isinstance(container, dict) and isinstance(container.get("lifecycle"), dict)
-        for hook in ("preStop", "postStart")
-        if (seconds := handlers.action_sleep_seconds(container["lifecycle"].get(hook))) is not None
-    ]
-    largest = max(sleeps, default=0)
-    if largest > target:
+    """The grace period may not go below a sleep the user wrote (the API rejects the pod)."""
+    largest, name = 0, None
+    for index, container in enumerate((*containers, *init_containers)):
+        lifecycle = container.get("lifecycle") if isinstance(container, dict) else None
+        if not lifecycle or not isinstance(lifecycle, dict):
+            continue
+        for hook in ("preStop", "postStart"):
+            seconds = handlers.action_sleep_seconds(lifecycle.get(hook))
+            if (
+                seconds is not None
+                and seconds > largest
+                and not (hook == "preStop" and index in ours)
+            ):
+                largest, name = seconds, container.get("name")
+    if largest <= target:
+        return target
+    if capped:
+        plan.warnings.append(
+            warning(
+                "user_sleep_above_ceiling",
+                "container {} " + f"sleeps {largest}s in its own hook, above the {target}s "
+                "ceiling: grace period kept at its sleep",
+                name,
+            )
+        )
+    else:
         plan.warnings.append(
             warning(
                 "grace_raised",
-                "termination-grace-period-seconds {} "
-                + f"raised to {largest}, the pod's longest sleep",
+                ("termination-grace-period-seconds {}" if explicit else "grace period {}s")
+                + f" raised to {largest}, the pod's longest sleep",
                 target,
             )
         )
-        return largest
-    return target
+    return largest
 
 
 def _plan_poststart(
-    plan: _Plan, regular: list[tuple[int, dict[str, Any]]], resolved: settings_table.Resolved
+    plan: Plan, regular: list[tuple[int, dict[str, Any]]], resolved: settings_table.Resolved
 ) -> None:
     command = resolved["poststart-exec"]
     if command is None:
@@ -362,7 +486,7 @@ def _plan_poststart(
 
 
 def _plan_init_order(
-    plan: _Plan,
+    plan: Plan,
     init_containers: list[Any],
     init_names: list[Any],
     resolved: settings_table.Resolved,
@@ -383,9 +507,9 @@ def _plan_init_order(
     plan.explanation.append(f"init order: {','.join(init_names)} -> {','.join(new_order)}")
 
 
-def _features(plan: _Plan) -> tuple[Feature, ...]:
+def _features(plan: Plan) -> tuple[Feature, ...]:
     features: list[Feature] = []
-    if plan.prestop:
+    if plan.prestop or plan.resized:
         features.append("prestop")
     if plan.grace is not None:
         features.append("grace")
@@ -397,7 +521,7 @@ def _features(plan: _Plan) -> tuple[Feature, ...]:
 
 
 def _operations(
-    plan: _Plan, containers: list[Any], init_containers: list[Any], spec: Mapping[str, Any]
+    plan: Plan, containers: list[Any], init_containers: list[Any], spec: Mapping[str, Any]
 ) -> list[PatchOp]:
     ops: list[PatchOp] = []
     for index in sorted(plan.prestop.keys() | plan.poststart.keys()):
@@ -414,6 +538,12 @@ def _operations(
             ops.extend(set_member(lifecycle, parent, k, v) for k, v in additions.items())
         else:
             ops.append(set_member(container, base, "lifecycle", additions))
+    for index, handler in sorted(plan.resized.items()):
+        path = f"/spec/containers/{index}/lifecycle/preStop"
+        if handler is None:
+            ops.append({"op": "remove", "path": path})
+        else:
+            ops.append({"op": "replace", "path": path, "value": handler})
     if plan.grace is not None:
         ops.append(set_member(spec, "/spec", "terminationGracePeriodSeconds", plan.grace[1]))
     if plan.init_order is not None:
@@ -436,54 +566,6 @@ def _annotation_op(pod: Pod, key: str, value: str) -> PatchOp:
     if not isinstance(annotations, dict):
         return set_member(metadata, "/metadata", "annotations", {key: value})
     return set_member(annotations, "/metadata/annotations", key, value)
-
-
-def _status(
-    plan: _Plan,
-    resolved: settings_table.Resolved,
-    previous: Any,
-    containers: list[Any],
-) -> str:
-    """`lifecycle-webhook.io/status`: what was added, merged with an earlier round's record."""
-    added: dict[str, list[str]] = {}
-    for index in sorted(plan.prestop.keys() | plan.poststart.keys()):
-        name = str(containers[index].get("name"))
-        added[name] = [
-            hook
-            for hook, planned in (("preStop", plan.prestop), ("postStart", plan.poststart))
-            if index in planned
-        ]
-    status: dict[str, Any] = {
-        "settings": {key: resolved.layers[key] for key in sorted(resolved.layers)},
-    }
-    earlier = _parse_status(previous)
-    merged_containers = {**_mapping(earlier.get("containers")), **added}
-    if merged_containers:
-        status["containers"] = merged_containers
-    if plan.grace is not None:
-        earlier_grace = _mapping(earlier.get("grace"))
-        before = DEFAULT_GRACE_SECONDS if plan.grace[0] is None else plan.grace[0]
-        start = earlier_grace.get("from", before)
-        status["grace"] = {"from": start, "to": plan.grace[1]}
-    elif "grace" in earlier:
-        status["grace"] = earlier["grace"]
-    if plan.init_order is not None:
-        status["initOrder"] = plan.init_order
-    elif "initOrder" in earlier:
-        status["initOrder"] = earlier["initOrder"]
-    if resolved["report-only"]:
-        status["reportOnly"] = True
-    return orjson.dumps(status, option=orjson.OPT_SORT_KEYS).decode()
-
-
-def _parse_status(previous: Any) -> dict[str, Any]:
-    if not isinstance(previous, str):
-        return {}
-    try:
-        parsed = json.loads(previous)
-    except ValueError:
-        return {}
-    return parsed if isinstance(parsed, dict) else {}
 
 
 def _unmatched(
@@ -543,10 +625,6 @@ def _unique(warnings: list[AdmissionWarning]) -> list[AdmissionWarning]:
             seen.add(item.text)
             out.append(item)
     return out
-
-
-def _mapping(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 def _list(value: Any) -> list[Any]:

@@ -1,8 +1,10 @@
-"""The settings table and its four layers: default < config file < namespace < pod.
+"""The settings table and its layers: default < config file < profile < namespace < pod.
 
 Every setting has one key; an annotation `lifecycle-webhook.io/<key>` on the Namespace or on the
-Pod sets it, and so does the camelCase key in the configuration file where the table has one.
-A value that does not parse is ignored (the layer below stays in force) and reported once.
+Pod sets it, and so does the camelCase key in the configuration file (and in a profile's
+`settings`) where the table has one. A few are the operator's alone (`annotation=False`): a
+team cannot lift a ceiling with an annotation. A value that does not parse is ignored (the
+layer below stays in force) and reported once.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 from webhook.core import values
 from webhook.core.messages import quoted, warning
-from webhook.core.model import PREFIX, STATUS_KEY, AdmissionWarning, Config, Layer
+from webhook.core.model import PREFIX, STATUS_KEY, AdmissionWarning, Config, Layer, Profile
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,11 +25,13 @@ class Setting:
     config_key: str | None
     parse: values.Parser
     default: Any = None
+    annotation: bool = True
+    """Whether Namespace and Pod annotations may set it."""
 
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("prestop", "prestop", values.choice("auto", "sleep", "exec", "http", "none"), "auto"),
-    Setting("prestop-seconds", "prestopSeconds", values.parse_seconds, 5),
+    Setting("prestop-seconds", "prestopSeconds", values.parse_prestop_seconds, 5),
     Setting("prestop-exec", "prestopExec", values.parse_command),
     Setting("prestop-http-path", "prestopHttpPath", values.parse_http_path, "/shutdown"),
     Setting("prestop-http-port", "prestopHttpPort", values.parse_port),
@@ -41,9 +45,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("jobs", "jobs", values.choice("skip", "inject"), "skip"),
     Setting("inject", None, values.parse_bool),
     Setting("report-only", "reportOnly", values.parse_bool, False),
+    Setting(
+        "max-grace-period-seconds", "maxGracePeriodSeconds", values.parse_ceiling, annotation=False
+    ),
 )
 SETTINGS_BY_KEY = {setting.key: setting for setting in SETTINGS}
-ANNOTATION_KEYS = tuple(PREFIX + setting.key for setting in SETTINGS)
+_ANNOTATION_SETTINGS = tuple(setting.key for setting in SETTINGS if setting.annotation)
+ANNOTATION_KEYS = tuple(PREFIX + key for key in _ANNOTATION_SETTINGS)
 _RESERVED_ANNOTATIONS = frozenset({STATUS_KEY})
 
 
@@ -62,12 +70,15 @@ class Resolved:
 
 def resolve(
     config: Config,
+    profile: Profile | None,
     namespace_annotations: Mapping[str, Any],
     pod_annotations: Mapping[str, Any],
 ) -> Resolved:
     resolved: dict[str, Any] = {}
     layers: dict[str, Layer] = {}
     problems: list[AdmissionWarning] = []
+    profile_values = profile.values if profile is not None else {}
+    profile_layer = profile.layer if profile is not None else ""
     for setting in SETTINGS:
         resolved[setting.key] = setting.default
         if setting.default is not None:
@@ -75,6 +86,9 @@ def resolve(
         if setting.key in config.values:
             resolved[setting.key] = config.values[setting.key]
             layers[setting.key] = "config"
+        if setting.key in profile_values:
+            resolved[setting.key] = profile_values[setting.key]
+            layers[setting.key] = profile_layer
     for layer, layer_annotations in (
         ("namespace", namespace_annotations),
         ("pod", pod_annotations),
@@ -91,6 +105,15 @@ def resolve(
             if known is None:
                 problems.append(_unknown_key(key, layer))
                 continue
+            if not known.annotation:
+                problems.append(
+                    warning(
+                        "config_only",
+                        f"{{}} on {layer} ignored: {known.config_key} is config-only",
+                        name,
+                    )
+                )
+                continue
             try:
                 resolved[key] = known.parse(raw, config.max_seconds)
             except values.InvalidValue as invalid:
@@ -102,11 +125,11 @@ def resolve(
                     )
                 )
                 continue
-            layers[key] = layer  # type: ignore[assignment]
+            layers[key] = layer
     return Resolved(values=resolved, layers=layers, problems=tuple(problems))
 
 
 def _unknown_key(key: str, layer: str) -> AdmissionWarning:
-    close = difflib.get_close_matches(key, SETTINGS_BY_KEY, n=1, cutoff=0.7)
+    close = difflib.get_close_matches(key, _ANNOTATION_SETTINGS, n=1, cutoff=0.7)
     hint = f"; did you mean {close[0]}?" if close else ""
     return warning("unknown_key", f"unknown annotation {PREFIX}{{}} on {layer}{hint}", key)

@@ -10,11 +10,16 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 _ASCII_DIGITS = re.compile(r"[0-9]+")
 _PORT_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
 _CLUSTER_VERSION = re.compile(r"1\.([0-9]{1,3})")
+_FROM_LOAD_BALANCER = re.compile(r"fromLoadBalancer or ([0-9]+)")
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS_SUBDOMAIN = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*", re.ASCII)
+_NAME_PART = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?", re.ASCII)
 SHELL = "/bin/sh"
 
 
@@ -41,6 +46,55 @@ def parse_seconds(raw: Any, max_seconds: int) -> int:
     if not 0 <= value <= max_seconds:
         raise InvalidValue(f"want integer 0..{max_seconds}")
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class FromLoadBalancer:
+    """`prestop-seconds: fromLoadBalancer or N`: the deregistration delay that the load-balancer
+    Services selecting the pod state, else N."""
+
+    fallback: int
+
+    def __str__(self) -> str:
+        return f"fromLoadBalancer or {self.fallback}"
+
+
+def parse_prestop_seconds(raw: Any, max_seconds: int) -> int | FromLoadBalancer:
+    if isinstance(raw, str) and raw.startswith("fromLoadBalancer"):
+        match = _FROM_LOAD_BALANCER.fullmatch(raw)
+        if match and match.group(1).isascii() and int(match.group(1)) <= max_seconds:
+            return FromLoadBalancer(int(match.group(1)))
+        raise InvalidValue(f'want "fromLoadBalancer or N", N 0..{max_seconds}')
+    return parse_seconds(raw, max_seconds)
+
+
+def parse_ceiling(raw: Any, max_seconds: int) -> int:
+    """A grace-period ceiling: at least 1 (a grace period of 0 means "kill at once")."""
+    try:
+        value = parse_seconds(raw, max_seconds)
+    except InvalidValue:
+        value = 0
+    if value < 1:
+        raise InvalidValue(f"want integer 1..{max_seconds}")
+    return value
+
+
+def is_qualified_name(key: Any) -> bool:
+    """A label or annotation key: an optional DNS-subdomain prefix and `/`, then a name part
+    of at most 63 characters (Kubernetes' IsQualifiedName)."""
+    if not isinstance(key, str):
+        return False
+    prefix, slash, name = key.rpartition("/")
+    if slash and not (len(prefix) <= 253 and _DNS_SUBDOMAIN.fullmatch(prefix)):
+        return False
+    return len(name) <= 63 and bool(_NAME_PART.fullmatch(name))
+
+
+def is_label_value(value: Any) -> bool:
+    """At most 63 characters, empty or a name part (Kubernetes' IsValidLabelValue)."""
+    return isinstance(value, str) and (
+        value == "" or (len(value) <= 63 and bool(_NAME_PART.fullmatch(value)))
+    )
 
 
 def parse_bool(raw: Any, _max_seconds: int = 0) -> bool:

@@ -139,9 +139,27 @@ The server exits on a configuration file it refuses, so everything it would refu
 {{- if hasKey $config "maxSeconds" -}}
 {{- $max = int64 $config.maxSeconds -}}
 {{- end -}}
-{{- range $key := list "prestopSeconds" "shutdownSeconds" "sidecarShutdownSeconds" -}}
-{{- if and (hasKey $config $key) (gt (int64 (get $config $key)) $max) -}}
-{{- fail (printf "config.%s (%d) must be at most config.maxSeconds (%d)" $key (int64 (get $config $key)) $max) -}}
+{{- include "lifecycle-webhook.checkSeconds" (dict "settings" $config "where" "config" "max" $max) -}}
+{{- $names := dict -}}
+{{- range $index, $profile := $config.profiles | default list -}}
+{{- $where := printf "config.profiles[%d]" $index -}}
+{{- if hasKey $names (toString $profile.name) -}}
+{{- fail (printf "%s.name: %q is used by an earlier profile" $where (toString $profile.name)) -}}
+{{- end -}}
+{{- $_ := set $names (toString $profile.name) true -}}
+{{- include "lifecycle-webhook.checkSeconds" (dict "settings" ($profile.settings | default dict) "where" (printf "%s.settings" $where) "max" $max) -}}
+{{- $match := $profile.match | default dict -}}
+{{- range $selector := list "podSelector" "namespaceSelector" -}}
+{{- $chosen := get $match $selector | default dict -}}
+{{- $keys := keys ($chosen.matchLabels | default dict) -}}
+{{- range $expression := $chosen.matchExpressions | default list -}}
+{{- $keys = append $keys (toString $expression.key) -}}
+{{- end -}}
+{{- range $key := $keys -}}
+{{- if and (contains "/" $key) (gt (len (regexReplaceAll "/[^/]*$" $key "")) 253) -}}
+{{- fail (printf "%s.match.%s: the prefix of label key %q is longer than 253 characters" $where $selector $key) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- if eq (int64 .Values.server.port) (int64 .Values.metrics.port) -}}
@@ -149,5 +167,22 @@ The server exits on a configuration file it refuses, so everything it would refu
 {{- end -}}
 {{- if and (eq .Values.certs.source "provided") (not (toString .Values.certs.provided.caBundle | trim)) -}}
 {{- fail "certs.provided.caBundle is empty: give the PEM (or base64 of the PEM) of the CA that signed certs.provided.secretName" -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Seconds values of the config file (or of a profile's settings) above maxSeconds, which the
+server refuses; "fromLoadBalancer or N" is checked by its N.
+*/}}
+{{- define "lifecycle-webhook.checkSeconds" -}}
+{{- $settings := .settings -}}
+{{- range $key := list "prestopSeconds" "shutdownSeconds" "sidecarShutdownSeconds" "maxGracePeriodSeconds" -}}
+{{- if hasKey $settings $key -}}
+{{- $value := get $settings $key -}}
+{{- $seconds := kindIs "string" $value | ternary (regexFind "[0-9]+$" (toString $value) | default "0" | atoi | int64) (int64 $value) -}}
+{{- if gt $seconds $.max -}}
+{{- fail (printf "%s.%s (%d) must be at most config.maxSeconds (%d)" $.where $key $seconds $.max) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
