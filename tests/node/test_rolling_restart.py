@@ -98,7 +98,7 @@ def rollout_under_load(env: NodeEnv, injected: bool) -> dict[str, Any]:
     drained_seconds = time.monotonic() - started
     time.sleep(COOL_DOWN_SECONDS)
     client.signal(signal.SIGTERM)
-    client.popen.wait(timeout=30)
+    client.popen.wait(timeout=60)
     summary: dict[str, Any] = json.loads(out.read_text())
     summary["rollout_seconds"] = round(rollout_seconds, 1)
     summary["old_pods_gone_seconds"] = round(drained_seconds, 1)
