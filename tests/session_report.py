@@ -1,5 +1,6 @@
-"""What the suites with long-lived processes (e2e, node) add to pytest's report: the
-processes' logs under a failed test, and their timings at the end of the session."""
+"""What the suites with long-lived processes (e2e, node) add to pytest: time for the tool
+build in their first test, the processes' logs under a failed test, and their timings at
+the end of the session."""
 
 from __future__ import annotations
 
@@ -8,6 +9,15 @@ from collections.abc import Iterable, Mapping
 import pytest
 
 from .e2e.procs import ManagedProcess
+
+
+def allow_build_time(items: list[pytest.Item], fixture: str, seconds: float) -> None:
+    """The first test using `fixture` starts the session's processes, and may build the Go
+    tools first (minutes on a fresh machine): only that test gets `seconds` as its timeout."""
+    for item in items:
+        if fixture in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.timeout(seconds))
+            return
 
 
 def attach_logs(

@@ -9,7 +9,7 @@ from collections.abc import Generator, Iterator
 
 import pytest
 
-from ..session_report import attach_logs, write_timings
+from ..session_report import allow_build_time, attach_logs, write_timings
 from ..tools import BUILD_TIMEOUT_SECONDS
 from . import session as e2e_session
 from .kube import INJECT
@@ -50,12 +50,7 @@ def injected_namespace(namespace_mode: E2E) -> str:
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The first e2e test starts the session, which may build the tools (minutes on a fresh
-    machine): only that test gets the build's time on top of the per-test timeout."""
-    for item in items:
-        if "e2e" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.timeout(BUILD_TIMEOUT_SECONDS + 300))
-            return
+    allow_build_time(items, "e2e", BUILD_TIMEOUT_SECONDS + 300)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ..session_report import attach_logs, write_timings
+from ..session_report import allow_build_time, attach_logs, write_timings
 from ..tools import BUILD_TIMEOUT_SECONDS, build_tools, skip_or_fail
 from .cluster import Node, start_node
 from .images import build_images
@@ -85,11 +85,7 @@ def node(node_env: NodeEnv) -> NodeEnv:
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The first node test starts the node, which may build the node binaries (minutes)."""
-    for item in items:
-        if "node_env" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.timeout(BUILD_TIMEOUT_SECONDS + 600))
-            return
+    allow_build_time(items, "node_env", BUILD_TIMEOUT_SECONDS + 600)
 
 
 @pytest.hookimpl(wrapper=True)
