@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from ..tools import REPO
 from .kube import INJECT, Kube, Obj, is_mutated, make_pod, unique_name
 from .procs import wait_until
 from .session import E2E
+from .test_rbac import as_service_account
 from .webhooks import WebhookSetup
 
 pytestmark = pytest.mark.e2e
@@ -178,3 +180,53 @@ def test_check_errors_exit_2_with_a_message(e2e: E2E) -> None:
     assert missing.returncode == 2
     assert missing.stdout == ""
     assert "MutatingWebhookConfiguration 'no-such-configuration' not found" in missing.stderr
+
+
+CHECK_RULES: list[Obj] = [
+    {"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["list"]},
+    {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["get"]},
+    {
+        "apiGroups": ["admissionregistration.k8s.io"],
+        "resources": ["mutatingwebhookconfigurations"],
+        "verbs": ["get"],
+    },
+]
+"""What the README says `check` needs here (services and jobs only for exposure and jobs=inject)."""
+
+
+def without(resource: str) -> list[Obj]:
+    rules = []
+    for rule in CHECK_RULES:
+        kept = [r for r in rule["resources"] if r != resource]
+        if kept:
+            rules.append({**rule, "resources": kept})
+    return rules
+
+
+def test_check_runs_read_only_with_the_documented_verbs_and_each_is_needed(
+    e2e: E2E, tmp_path: Path
+) -> None:
+    kube = e2e.kube
+    e2e.use(DOWN)
+    namespace = kube.create_namespace("check-rbac", labels={INJECT: "enabled"})
+    replicaset = deployment_with_replicaset(kube, namespace, "web")
+    kube.create_pod(namespace, owned_pod("web-0", replicaset))
+    configuration = f"--webhook-configuration={e2e.registration.name}"
+
+    def as_account(rules: list[Obj], *args: str) -> subprocess.CompletedProcess[str]:
+        directory = tmp_path / unique_name("account")
+        directory.mkdir()
+        as_service_account(e2e, directory, rules)
+        kubeconfig = f"--kubeconfig={directory / 'service-account.kubeconfig'}"
+        return run_check(e2e, kubeconfig, configuration, *args)
+
+    allowed = as_account(CHECK_RULES, "-n", namespace, "-o", "json")
+    assert allowed.returncode == 1, allowed.stderr
+    assert owners(allowed) == {("Deployment", "web"): (1, NEVER_SEEN)}
+    everywhere = as_account(CHECK_RULES, "-o", "json")
+    assert everywhere.returncode == 1, everywhere.stderr
+    for resource in ("pods", "namespaces", "replicasets", "mutatingwebhookconfigurations"):
+        denied = as_account(without(resource), "-o", "json")
+        assert denied.returncode == 2, (resource, denied.stdout)
+        assert "403" in denied.stderr and resource in denied.stderr, denied.stderr
+        assert denied.stdout == ""
