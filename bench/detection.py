@@ -42,11 +42,16 @@ def _progress(text: str) -> None:
 
 def populate(kube: Any, pods: int) -> list[str]:
     """N pods spread over NAMESPACES namespaces, each with its Deployment and ReplicaSet."""
+    from tests.e2e.kube import create_deployment_with_replicaset
+
     namespaces = [
         kube.create_namespace(f"bench-{index}", labels={INJECT: "enabled"})
         for index in range(NAMESPACES)
     ]
-    replicasets = {namespace: _workload(kube, namespace) for namespace in namespaces}
+    replicasets = {
+        namespace: create_deployment_with_replicaset(kube, namespace, "web")
+        for namespace in namespaces
+    }
 
     def create(index: int) -> None:
         namespace = namespaces[index % len(namespaces)]
@@ -62,40 +67,10 @@ def populate(kube: Any, pods: int) -> list[str]:
     return namespaces
 
 
-def _workload(kube: Any, namespace: str) -> dict[str, Any]:
-    labels = {"app": "web"}
-    template = {
-        "metadata": {"labels": labels},
-        "spec": {"containers": [{"name": "app", "image": "registry.invalid/web:1"}]},
-    }
-    spec = {"replicas": 0, "selector": {"matchLabels": labels}, "template": template}
-    deployment = kube.request(
-        "POST",
-        f"/apis/apps/v1/namespaces/{namespace}/deployments",
-        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": spec},
-    ).body
-    owner = _reference(deployment)
-    metadata = {"name": "web-5d8f7", "labels": labels, "ownerReferences": [owner]}
-    body = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": metadata, "spec": spec}
-    created: dict[str, Any] = kube.request(
-        "POST", f"/apis/apps/v1/namespaces/{namespace}/replicasets", body
-    ).body
-    return created
-
-
-def _reference(obj: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": obj["apiVersion"],
-        "kind": obj["kind"],
-        "name": obj["metadata"]["name"],
-        "uid": obj["metadata"]["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-
-
 def _pod(index: int, replicaset: dict[str, Any]) -> dict[str, Any]:
     """A pod as the ReplicaSet controller makes it: two containers, probes, env, resources."""
+    from tests.e2e.kube import owner_reference
+
     container = {
         "name": "app",
         "image": "registry.invalid/web:1",
@@ -111,7 +86,7 @@ def _pod(index: int, replicaset: dict[str, Any]) -> dict[str, Any]:
         "metadata": {
             "name": f"web-5d8f7-{index:05d}",
             "labels": {"app": "web", "pod-template-hash": "5d8f7"},
-            "ownerReferences": [_reference(replicaset)],
+            "ownerReferences": [owner_reference(replicaset)],
         },
         "spec": {"containers": [container, sidecar]},
     }

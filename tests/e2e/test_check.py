@@ -9,7 +9,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -18,7 +17,15 @@ from webhook.core.model import PREFIX
 from webhook.detection.judge import NEVER_SEEN, SETTINGS_CHANGED
 
 from ..tools import REPO
-from .kube import INJECT, Kube, Obj, is_mutated, make_pod, unique_name
+from .kube import (
+    INJECT,
+    Obj,
+    create_deployment_with_replicaset,
+    is_mutated,
+    make_pod,
+    owner_reference,
+    unique_name,
+)
 from .procs import wait_until
 from .session import E2E
 from .test_rbac import as_service_account
@@ -48,57 +55,9 @@ def owners(result: subprocess.CompletedProcess[str]) -> dict[tuple[str, str], tu
     return {(row["kind"], row["name"]): (row["pods"], row["reason"]) for row in document["owners"]}
 
 
-def create(kube: Kube, path: str, body: Obj) -> Obj:
-    return kube.request("POST", path, body).body
-
-
-def reference(obj: Obj, controller: bool = True) -> Obj:
-    return {
-        "apiVersion": obj["apiVersion"],
-        "kind": obj["kind"],
-        "name": obj["metadata"]["name"],
-        "uid": obj["metadata"]["uid"],
-        "controller": controller,
-    }
-
-
-def deployment_with_replicaset(kube: Kube, namespace: str, name: str) -> Obj:
-    """A Deployment and its ReplicaSet as the controller would have made them (no controller
-    runs here): the pods then name the ReplicaSet, which names the Deployment."""
-    labels = {"app": name}
-    template: dict[str, Any] = {
-        "metadata": {"labels": labels},
-        "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
-    }
-    deployment = create(
-        kube,
-        f"/apis/apps/v1/namespaces/{namespace}/deployments",
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name},
-            "spec": {"replicas": 0, "selector": {"matchLabels": labels}, "template": template},
-        },
-    )
-    return create(
-        kube,
-        f"/apis/apps/v1/namespaces/{namespace}/replicasets",
-        {
-            "apiVersion": "apps/v1",
-            "kind": "ReplicaSet",
-            "metadata": {
-                "name": f"{name}-7d9f8",
-                "labels": labels,
-                "ownerReferences": [reference(deployment)],
-            },
-            "spec": {"replicas": 0, "selector": {"matchLabels": labels}, "template": template},
-        },
-    )
-
-
 def owned_pod(name: str, owner: Obj) -> Obj:
     pod = make_pod(name, labels={"app": owner["metadata"]["name"]})
-    pod["metadata"]["ownerReferences"] = [reference(owner)]
+    pod["metadata"]["ownerReferences"] = [owner_reference(owner)]
     return pod
 
 
@@ -106,7 +65,7 @@ def test_check_lists_pods_that_missed_the_webhook_by_owner(e2e: E2E) -> None:
     kube = e2e.kube
     e2e.use(DOWN)
     namespace = kube.create_namespace("check", labels={INJECT: "enabled"})
-    replicaset = deployment_with_replicaset(kube, namespace, "web")
+    replicaset = create_deployment_with_replicaset(kube, namespace, "web")
     statefulset = {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -146,7 +105,7 @@ def test_check_lists_pods_that_missed_the_webhook_by_owner(e2e: E2E) -> None:
     # The webhook is back; the owners' pods are recreated (what the fix command leads to).
     e2e.use(UP)
     fresh = kube.create_namespace("check-up", labels={INJECT: "enabled"})
-    replicaset = deployment_with_replicaset(kube, fresh, "web")
+    replicaset = create_deployment_with_replicaset(kube, fresh, "web")
     for index in range(2):
         assert is_mutated(kube.create_pod(fresh, owned_pod(f"web-{index}", replicaset)).body)
     up = run_check(e2e, configuration, "-n", fresh)
@@ -209,7 +168,7 @@ def test_check_runs_read_only_with_the_documented_verbs_and_each_is_needed(
     kube = e2e.kube
     e2e.use(DOWN)
     namespace = kube.create_namespace("check-rbac", labels={INJECT: "enabled"})
-    replicaset = deployment_with_replicaset(kube, namespace, "web")
+    replicaset = create_deployment_with_replicaset(kube, namespace, "web")
     kube.create_pod(namespace, owned_pod("web-0", replicaset))
     configuration = f"--webhook-configuration={e2e.registration.name}"
 
