@@ -14,13 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from webhook.detector import EVENT_REASON, RESTARTED_AT
+from webhook.app import ServerState
+from webhook.cluster.namespaces import NamespaceCache
+from webhook.config_file import with_namespace_excluded
+from webhook.core.config import parse_config
+from webhook.detector import EVENT_REASON, RESTARTED_AT, Detector
+from webhook.logs import JsonLog
+from webhook.metrics import Metrics
 
 from .kube import INJECT, Kube, Obj, is_mutated, make_pod, unique_name
 from .procs import wait_until
-from .server import WebhookServer, metric_value
+from .server import RELEASE_NAMESPACE, WebhookServer, metric_value
 from .session import E2E
-from .webhooks import WebhookSetup
+from .test_rbac import as_service_account
+from .webhooks import WebhookSetup, render_chart
 
 pytestmark = pytest.mark.e2e
 
@@ -226,3 +233,93 @@ def test_remediation_restarts_the_deployment_once_and_new_pods_are_protected(
 
 def server_log(server: WebhookServer) -> list[str]:
     return (server.workdir / f"{server.name}.log").read_text().splitlines()
+
+
+@pytest.mark.parametrize("remediate", ["off", "restart"])
+def test_the_detector_works_with_exactly_the_chart_rules(
+    e2e: E2E, tmp_path: Path, remediate: str
+) -> None:
+    """The chart's ClusterRoles and its Lease Role, and nothing else, let the detector count,
+    lead, report and (only when the chart grants patch for `remediate: restart`) restart."""
+    documents = render_chart(e2e.tools.helm, tmp_path, {"config.remediate": remediate})
+    cluster_rules = [
+        rule
+        for d in documents
+        if d["kind"] == "ClusterRole" and not d["metadata"]["name"].endswith("-webhook-config")
+        for rule in d["rules"]
+    ]
+    (lease_role,) = [
+        d for d in documents if d["kind"] == "Role" and "detector" in d["metadata"]["name"]
+    ]
+    granted_patch = any("patch" in rule["verbs"] for rule in cluster_rules)
+    assert granted_patch == (remediate == "restart")
+    api = as_service_account(e2e, tmp_path, cluster_rules, {RELEASE_NAMESPACE: lease_role["rules"]})
+    namespace, _, _ = failed_open_rollout(e2e)
+    config = with_namespace_excluded(
+        parse_config({"remediate": "restart", "remediateIntervalSeconds": 1}), RELEASE_NAMESPACE
+    )
+    log = JsonLog("error")
+    namespaces = NamespaceCache(api, log).start()
+    state = ServerState(config=config, namespaces=namespaces, metrics=Metrics(), log=log)
+    detector = Detector(
+        api,
+        state,
+        namespaces,
+        log,
+        mode="namespace",
+        lease_namespace=RELEASE_NAMESPACE,
+        lease_name=lease_role["rules"][1]["resourceNames"][0],
+        settle_seconds=0.5,
+    ).start()
+    path = f"/apis/apps/v1/namespaces/{namespace}/deployments/web"
+    try:
+        wait_until(lambda: detector.leading, SECONDS, "the Lease with the chart's Role")
+        wait_until(lambda: detector.counts().get(namespace) == 3, SECONDS, "pods listed")
+        wait_until(
+            lambda: warning_events(e2e.kube, namespace, "Deployment", "web"),
+            SECONDS,
+            "the Event (create events, get replicasets)",
+        )
+
+        def restarted() -> bool:
+            template = e2e.kube.request("GET", path).body["spec"]["template"]
+            return RESTARTED_AT in (template["metadata"].get("annotations") or {})
+
+        def refused() -> bool:
+            text = state.metrics.exposition().decode()
+            labels = {"kind": "Deployment", "result": "error"}
+            return metric_value(text, "lifecycle_webhook_remediations_total", labels) >= 1
+
+        if remediate == "restart":
+            wait_until(restarted, SECONDS, "the restart (patch deployments)")
+        else:
+            wait_until(refused, SECONDS, "a restart refused without the patch rule")
+            assert not restarted()
+    finally:
+        detector.stop()
+        namespaces.stop()
+
+
+def test_a_settings_change_makes_earlier_pods_unprotected(
+    e2e: E2E, servers: list[DetectingServer]
+) -> None:
+    """Pods the webhook mutated are protected until the config or their namespace's
+    annotations ask for more: then every pod is judged again."""
+    e2e.use(WebhookSetup())
+    namespace = e2e.kube.create_namespace("stale", labels={INJECT: "enabled"})
+    owner = deployment(e2e.kube, namespace, "api")
+    assert all(is_mutated(pod) for pod in rollout(e2e.kube, namespace, owner, "6c5b4a3d2", 3))
+    server = DetectingServer(e2e, unique_name("stale"), unique_name("detector"))
+    servers.append(server)
+    server.start()
+    wait_until(server.leading, SECONDS, "the Lease")
+    assert server.unprotected(namespace) is None, "mutated pods are protected"
+
+    server.set_config("shutdownSeconds: 45\n")  # the webhook would now raise the grace period
+    wait_until(lambda: server.unprotected(namespace) == 3, SECONDS, "stale after the config")
+    server.set_config("{}\n")
+    wait_until(lambda: server.unprotected(namespace) == 0, SECONDS, "protected again")
+    e2e.kube.patch_namespace(
+        namespace, {"annotations": {"lifecycle-webhook.io/shutdown-seconds": "45"}}
+    )
+    wait_until(lambda: server.unprotected(namespace) == 3, SECONDS, "stale after the namespace")
