@@ -1,10 +1,11 @@
-"""`lifecycle-webhook`: serve, mutate offline, make certificates, print the version.
+"""`lifecycle-webhook`: serve, mutate offline, check a cluster, make certificates, version.
 
 Only the chosen command's module is imported: `mutate` and `version` never load fastapi,
 uvicorn or the kubernetes client, so they start fast enough for a Helm post-renderer.
 
 Exit codes: 0 success; 1 `mutate` refused a manifest (strict mode: the webhook would deny
-it); 2 usage or input error (one line per problem on stderr, nothing on stdout).
+it), or `check` found unprotected pods; 2 usage or input error (one line per problem on
+stderr, nothing on stdout).
 """
 
 from __future__ import annotations
@@ -97,6 +98,21 @@ def build_parser(command: Sequence[str] = ()) -> argparse.ArgumentParser:
         bootstrap_module.add_certs_bootstrap_arguments(bootstrap)
         bootstrap.set_defaults(run=bootstrap_module.run_certs_bootstrap)
     certs.set_defaults(run=_missing_command(certs))
+
+    check = commands.add_parser(
+        "check",
+        help="list the pods in scope that missed the webhook (read-only)",
+        description=(
+            "Judge every pod in the webhook's scope with the pure core, as the server would "
+            "mutate it now, and list by owner those still missing what it adds, with the "
+            "command that fixes them. Exit 0: none; 1: some; 2: an error."
+        ),
+    )
+    if first == "check":
+        from webhook import check as check_module
+
+        check_module.add_check_arguments(check)
+        check.set_defaults(run=check_module.run_check)
 
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(run=_print_version)

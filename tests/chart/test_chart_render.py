@@ -56,6 +56,7 @@ CRD_KINDS = {
     ("cert-manager.io/v1", "Issuer"),
     ("cert-manager.io/v1", "Certificate"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
 
 
@@ -127,7 +128,11 @@ def test_matrix_renders_valid_objects(
         mode=mode,
         replicaCount=replicas,
         failurePolicy=failure_policy,
-        **{"metrics.serviceMonitor.enabled": True, "networkPolicy.enabled": True},
+        **{
+            "metrics.serviceMonitor.enabled": True,
+            "metrics.prometheusRule.enabled": True,
+            "networkPolicy.enabled": True,
+        },
     )
     documents = render(values, kube_version=kube_version)
     for document in documents:

@@ -186,3 +186,35 @@ server refuses; "fromLoadBalancer or N" is checked by its N.
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+Where the API server calls the webhook, per mode, as a JSON list (use with fromJsonArray) of
+{name, namespaceSelector, objectSelector}: the MutatingWebhookConfiguration's entries, and the
+ValidatingAdmissionPolicyBindings that warn about pods those entries missed, use the same.
+  namespace mode: every pod in a namespace labelled inject=enabled, unless the pod opts out;
+    plus single pods labelled inject=true elsewhere. Namespaces labelled enabled are left to
+    the first entry, so no pod is sent twice; namespaces labelled disabled are never called.
+  cluster mode: every pod in every namespace not labelled inject=disabled, unless it opts out.
+*/}}
+{{- define "lifecycle-webhook.webhookEntries" -}}
+{{- $inject := printf "%sinject" (include "lifecycle-webhook.prefix" .) -}}
+{{- $excluded := include "lifecycle-webhook.excludedNamespaces" . | fromJsonArray -}}
+{{- $notExcluded := dict "key" "kubernetes.io/metadata.name" "operator" "NotIn" "values" $excluded -}}
+{{- $podNotOptedOut := dict "matchExpressions" (list (dict "key" $inject "operator" "NotIn" "values" (list "false"))) -}}
+{{- if eq .Values.mode "namespace" -}}
+{{- list
+  (dict "name" "namespace-opt-in.pods.lifecycle-webhook.io"
+    "namespaceSelector" (dict "matchExpressions" (list (dict "key" $inject "operator" "In" "values" (list "enabled")) $notExcluded))
+    "objectSelector" $podNotOptedOut)
+  (dict "name" "pod-opt-in.pods.lifecycle-webhook.io"
+    "namespaceSelector" (dict "matchExpressions" (list (dict "key" $inject "operator" "NotIn" "values" (list "enabled" "disabled")) $notExcluded))
+    "objectSelector" (dict "matchExpressions" (list (dict "key" $inject "operator" "In" "values" (list "true")))))
+  | toJson -}}
+{{- else -}}
+{{- list
+  (dict "name" "all-namespaces.pods.lifecycle-webhook.io"
+    "namespaceSelector" (dict "matchExpressions" (list (dict "key" $inject "operator" "NotIn" "values" (list "disabled")) $notExcluded))
+    "objectSelector" $podNotOptedOut)
+  | toJson -}}
+{{- end -}}
+{{- end -}}
