@@ -39,17 +39,17 @@ from webhook.cluster.api import ApiError, ApiServer
 from webhook.cluster.lease import LeaderElection, micro_time
 from webhook.cluster.namespaces import NamespaceCache, NamespaceInfo
 from webhook.cluster.watch import Informer
-from webhook.core.model import INJECT_KEY, Settings
+from webhook.core.model import Settings
 from webhook.core.profiles import annotations_read_services
 from webhook.detection.judge import judge
 from webhook.detection.owners import MIDDLE_KINDS, Owner, above, fix_command
+from webhook.detection.scope import chart_scope
 from webhook.logs import JsonLog
 
 if TYPE_CHECKING:
     from webhook.app import ServerState
 
 Mode = Literal["namespace", "cluster"]
-MODES: tuple[Mode, ...] = ("namespace", "cluster")
 
 TICK_SECONDS = 1.0
 SETTLE_SECONDS = 5.0
@@ -70,19 +70,6 @@ Unprotected = tuple[str, str, str, str, str]
 """What is kept of an unprotected pod: (owner kind, owner name, owner uid, revision, reason)."""
 RolloutKey = tuple[str, str, str, str]
 """(namespace, owner kind, owner name, revision)."""
-
-
-def in_scope(
-    mode: Mode, namespace_labels: Mapping[str, str], pod_labels: Mapping[str, str]
-) -> bool:
-    """Whether the chart's MutatingWebhookConfiguration sends this pod to the webhook at all
-    (its namespaceSelector and objectSelector; the excluded namespaces are the core's)."""
-    if pod_labels.get(INJECT_KEY) == "false":
-        return False
-    label = namespace_labels.get(INJECT_KEY)
-    if mode == "cluster":
-        return label != "disabled"
-    return label == "enabled" or (label != "disabled" and pod_labels.get(INJECT_KEY) == "true")
 
 
 def _direct_owner(metadata: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -139,6 +126,8 @@ class Detector:
         self._gave_up: set[Owner] = set()
         self._last_restart = float("-inf")
         self._judged_with: tuple[Any, ...] = ()
+        self.webhook_namespace = lease_namespace
+        self._scope = chart_scope(mode, state.config.excluded_namespaces, lease_namespace)
         self._rejudge_wanted = False
         self._last_relist = 0.0
         self._stopped = threading.Event()
@@ -203,9 +192,9 @@ class Detector:
         metadata = pod.get("metadata") or {}
         namespace = str(metadata.get("namespace") or "")
         info = self.namespaces.lookup(namespace)
-        labels = metadata.get("labels") or {}
-        if info is None or not in_scope(self.mode, info.labels, labels):
+        if info is None or not self._scope.pod_in_scope(info.labels, pod):
             return None  # out of scope, or the namespace cannot be read: not judged
+        labels = metadata.get("labels") or {}
         state = self.state
         services = None
         if state.services_needed or annotations_read_services(
@@ -282,6 +271,8 @@ class Detector:
         inputs = self._judging_inputs()
         if inputs != self._judged_with:
             self._judged_with, self._rejudge_wanted = inputs, True
+            excluded = self.state.config.excluded_namespaces
+            self._scope = chart_scope(self.mode, excluded, self.webhook_namespace)
         if self._rejudge_wanted and now - self._last_relist >= RELIST_SECONDS:
             self._rejudge_wanted, self._last_relist = False, now
             self.pods.relist()
