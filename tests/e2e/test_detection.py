@@ -172,7 +172,7 @@ def test_one_replica_counts_and_reports_pods_that_missed_the_webhook(
     assert other.unprotected(namespace) is None, "only the Lease holder publishes"
 
     wait_until(
-        lambda: warning_events(e2e.kube, namespace, "Deployment", "web"),
+        lambda: bool(warning_events(e2e.kube, namespace, "Deployment", "web")),
         SECONDS,
         "a Warning Event on the Deployment",
     )
@@ -276,7 +276,7 @@ def test_the_detector_works_with_exactly_the_chart_rules(
         wait_until(lambda: detector.leading, SECONDS, "the Lease with the chart's Role")
         wait_until(lambda: detector.counts().get(namespace) == 3, SECONDS, "pods listed")
         wait_until(
-            lambda: warning_events(e2e.kube, namespace, "Deployment", "web"),
+            lambda: bool(warning_events(e2e.kube, namespace, "Deployment", "web")),
             SECONDS,
             "the Event (create events, get replicasets)",
         )
