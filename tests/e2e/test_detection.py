@@ -26,6 +26,7 @@ from .kube import INJECT, Kube, Obj, is_mutated, make_pod, unique_name
 from .procs import wait_until
 from .server import RELEASE_NAMESPACE, WebhookServer, metric_value
 from .session import E2E
+from .test_check import reference
 from .test_rbac import as_service_account
 from .webhooks import WebhookSetup, render_chart
 
@@ -120,16 +121,6 @@ def rollout(kube: Kube, namespace: str, owner: Obj, template_hash: str, pods: in
         pod["metadata"]["ownerReferences"] = [reference(replica_set)]
         created.append(kube.create_pod(namespace, pod).body)
     return created
-
-
-def reference(owner: Obj) -> Obj:
-    return {
-        "apiVersion": owner["apiVersion"],
-        "kind": owner["kind"],
-        "name": owner["metadata"]["name"],
-        "uid": owner["metadata"]["uid"],
-        "controller": True,
-    }
 
 
 def warning_events(kube: Kube, namespace: str, kind: str, name: str) -> list[Obj]:
