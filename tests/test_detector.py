@@ -192,3 +192,24 @@ def test_the_gauge_counts_per_namespace_and_drops_to_zero() -> None:
         found.metrics.exposition().decode()
     )
     assert found.counts() == {"shop": 2}
+
+
+def test_a_refused_event_is_retried_a_minute_later_not_every_tick() -> None:
+    api = RecordingApi()
+    attempts: list[str] = []
+
+    def refuse(path: str, body: Any) -> Any:
+        attempts.append(path)
+        raise ApiError("forbidden", 403, "Forbidden")
+
+    api.create = refuse  # type: ignore[method-assign]
+    found = detector(api)
+    unprotected(found, "shop/db-0", "StatefulSet", "db", "db-6f7")
+    found.settle_seconds = 0
+    found.pods.synced.set()
+    for _ in range(5):
+        found.tick()
+    assert len(attempts) == 1
+    found._rollouts["shop", "StatefulSet", "db", "db-6f7"].next_try = 0
+    found.tick()
+    assert len(attempts) == 2

@@ -84,11 +84,18 @@ def _direct_owner(metadata: Mapping[str, Any]) -> tuple[str, str, str]:
     return str(chosen["kind"]), str(chosen.get("name", "")), str(chosen.get("uid", ""))
 
 
+RETRY_SECONDS = 60.0
+"""After a failed Event or owner read, the next try for that rollout (no log line a second)."""
+SCAN_SECONDS = 5.0
+"""How often remediation looks for a workload to restart (the restarts are rarer still)."""
+
+
 @dataclass
 class Rollout:
     pods: int = 0
     first_seen: float = 0.0
     reported: bool = False
+    next_try: float = 0.0
 
 
 class Detector:
@@ -125,6 +132,7 @@ class Detector:
         """Workloads this process restarted, and the rollouts they had then."""
         self._gave_up: set[Owner] = set()
         self._last_restart = float("-inf")
+        self._next_scan = 0.0
         self._judged_with: tuple[Any, ...] = ()
         self.webhook_namespace = lease_namespace
         self._scope = chart_scope(mode, state.config.excluded_namespaces, lease_namespace)
@@ -283,11 +291,14 @@ class Detector:
             due = [
                 (key, entry.pods)
                 for key, entry in self._rollouts.items()
-                if not entry.reported and now - entry.first_seen >= self.settle_seconds
+                if not entry.reported
+                and now - entry.first_seen >= self.settle_seconds
+                and now >= entry.next_try
             ]
         for key, pods in due:
             self._report(key, pods)
-        if self.state.config.remediate == "restart":
+        if self.state.config.remediate == "restart" and now >= self._next_scan:
+            self._next_scan = now + SCAN_SECONDS
             self._remediate(now)
 
     def _publish(self) -> None:
@@ -345,8 +356,19 @@ class Detector:
             workload, uid = self.owner(key, self._uid_of(key))
             created = self._create_event(key, workload, uid, pods)
         except ApiError as exc:
-            self.log.event("unprotected pods not reported", level="warning", error=str(exc)[:300])
-            return  # tried again next tick
+            self.log.event(
+                "unprotected pods not reported",
+                level="warning",
+                namespace=key[0],
+                owner=f"{key[1].lower()}/{key[2]}",
+                error=str(exc)[:300],
+                retry_seconds=RETRY_SECONDS,
+            )
+            with self._lock:
+                entry = self._rollouts.get(key)
+                if entry is not None:
+                    entry.next_try = time.monotonic() + RETRY_SECONDS
+            return
         with self._lock:
             entry = self._rollouts.get(key)
             if entry is not None:
