@@ -1,17 +1,14 @@
-"""`python -m bench detection-watch [--pods N]`: the server's memory with N pods watched.
+"""`python -m bench detection [--pods N]`: `lifecycle-webhook check` over N pods (10,000 by
+default) in the e2e suite's real API server (etcd + kube-apiserver, no nodes: pods stay
+Pending), against a baseline measured in the same run: a plain paged list of the same pods
+(same client, same page size, same process start) that judges nothing.
 
-Starts the end-to-end suite's etcd and kube-apiserver on 127.0.0.1 (tests/e2e/cluster.py; the
-tools come from the same cached build), creates N pods in a namespace in the webhook's scope
-with no webhook registered, so every pod is unprotected and kept by the detector (the worst
-case: a protected pod keeps nothing), then runs two servers side by side, in the same run:
+Pods are created in parallel (a bounded pool), unmutated (no webhook is registered), owned by
+one ReplicaSet of one Deployment per namespace, so `check` finds every one of them "never
+seen by the webhook" and resolves each owner once. Each side runs as its own process, its
+peak RSS read from wait4(); the table shows the median of --repeat runs.
 
-- **detection on** (the default), which lists and watches the N pods, judges each, and
-  publishes the gauge;
-- **detection off** (`--no-detect`), the baseline: the same server without the pods informer.
-
-It prints each one's resident memory (VmRSS) once the gauge counts all N pods, its peak
-(VmHWM) including a full relist forced by a config change (every pod judged again), and
-the chart's memory limit (values.yaml `resources.limits.memory`) for comparison.
+Exit 0 when it ran, 2 when it could not (tools missing, a wrong answer from `check`).
 """
 
 from __future__ import annotations
@@ -19,7 +16,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import re
+import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,157 +26,180 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bench import BenchError
 
-REPO = Path(__file__).resolve().parent.parent
-CHART_VALUES = REPO / "charts" / "lifecycle-webhook" / "values.yaml"
-WAIT_SECONDS = 600
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PAGE_SIZE = 500
+CREATE_WORKERS = 16
+"""Bounded: the API server and etcd share 2 cores with this driver."""
+NAMESPACES = 20
+INJECT = "lifecycle-webhook.io/inject"
 
 
-def _pod(name: str, owner: dict[str, Any]) -> dict[str, Any]:
-    """A pod as a ReplicaSet creates it: labels, an owner reference, a few env vars, probes."""
-    env = [{"name": f"SETTING_{i}", "value": f"value-{i}-" + "x" * 20} for i in range(20)]
+def _progress(text: str) -> None:
+    print(f"detection: {text}", file=sys.stderr, flush=True)
+
+
+def populate(kube: Any, pods: int) -> list[str]:
+    """N pods spread over NAMESPACES namespaces, each with its Deployment and ReplicaSet."""
+    from tests.e2e.kube import create_deployment_with_replicaset
+
+    namespaces = [
+        kube.create_namespace(f"bench-{index}", labels={INJECT: "enabled"})
+        for index in range(NAMESPACES)
+    ]
+    replicasets = {
+        namespace: create_deployment_with_replicaset(kube, namespace, "web")
+        for namespace in namespaces
+    }
+
+    def create(index: int) -> None:
+        namespace = namespaces[index % len(namespaces)]
+        replicaset = replicasets[namespace]
+        kube.request("POST", f"/api/v1/namespaces/{namespace}/pods", _pod(index, replicaset))
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(CREATE_WORKERS) as pool:
+        for _ in pool.map(create, range(pods)):
+            pass
+    elapsed = time.monotonic() - started
+    _progress(f"created {pods:,} pods in {elapsed:.0f} s ({pods / elapsed:,.0f}/s)")
+    return namespaces
+
+
+def _pod(index: int, replicaset: dict[str, Any]) -> dict[str, Any]:
+    """A pod as the ReplicaSet controller makes it: two containers, probes, env, resources."""
+    from tests.e2e.kube import owner_reference
+
+    container = {
+        "name": "app",
+        "image": "registry.invalid/web:1",
+        "ports": [{"name": "http", "containerPort": 8080}],
+        "env": [{"name": f"SETTING_{n}", "value": f"value-{n}"} for n in range(8)],
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}},
+    }
+    sidecar = {"name": "log-shipper", "image": "registry.invalid/shipper:2"}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": name,
-            "labels": {"app": "web", "pod-template-hash": "5d8f7c9b4", "tier": "frontend"},
-            "ownerReferences": [owner],
+            "name": f"web-5d8f7-{index:05d}",
+            "labels": {"app": "web", "pod-template-hash": "5d8f7"},
+            "ownerReferences": [owner_reference(replicaset)],
         },
-        "spec": {
-            "containers": [
-                {
-                    "name": "app",
-                    "image": "registry.invalid/app:1.2.3",
-                    "ports": [{"name": "http", "containerPort": 8080}],
-                    "env": env,
-                    "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}},
-                    "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},
-                }
-            ]
-        },
+        "spec": {"containers": [container, sidecar]},
     }
 
 
-def _status_kib(pid: int, field: str) -> int:
-    text = Path(f"/proc/{pid}/status").read_text()
-    found = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
-    if found is None:
-        raise BenchError(f"no {field} for pid {pid}")
-    return int(found.group(1))
+def measure(argv: list[str]) -> tuple[float, float, str, int]:
+    """(seconds, peak RSS MiB, stdout, exit code) of one process, RSS from wait4()."""
+    started = time.monotonic()
+    with tempfile.TemporaryFile() as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE, cwd=REPO_ROOT)
+        _, status, usage = os.wait4(process.pid, 0)
+        elapsed = time.monotonic() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        stderr = process.stderr.read().decode() if process.stderr else ""
+        out.seek(0)
+        stdout = out.read().decode()
+    if process.returncode not in (0, 1):
+        raise BenchError(f"{' '.join(argv)} exited {process.returncode}: {stderr[-2000:]}")
+    return elapsed, usage.ru_maxrss / 1024, stdout, process.returncode
 
 
-def _mib(kib: int) -> float:
-    return round(kib / 1024, 1)
+def plain_list(kubeconfig: str, page_size: int) -> int:
+    """The baseline: every pod, page by page, through the same client; nothing judged."""
+    from webhook.check import FINISHED
+    from webhook.cluster.api import connect
+
+    api = connect(kubeconfig)
+    assert api is not None
+    count, token = 0, ""
+    while True:
+        query = {"limit": str(page_size), "fieldSelector": FINISHED}
+        if token:
+            query["continue"] = token
+        page = api.get("/api/v1/pods", 30.0, query)
+        count += len(page.get("items") or [])
+        token = (page.get("metadata") or {}).get("continue") or ""
+        if not token:
+            return count
 
 
-def chart_memory_limit_mib() -> float:
-    limit = str(yaml.safe_load(CHART_VALUES.read_text())["resources"]["limits"]["memory"])
-    number, unit = re.fullmatch(r"(\d+)(Mi|Gi)", limit).groups()  # type: ignore[union-attr]
-    return float(number) * (1024 if unit == "Gi" else 1)
-
-
-def measure(pods: int, workdir: Path) -> dict[str, Any]:
+def run(pods: int, repeat: int) -> dict[str, Any]:
     from tests.e2e.cluster import start_control_plane
-    from tests.e2e.kube import INJECT, Kube
-    from tests.e2e.procs import wait_until
-    from tests.e2e.server import RELEASE_NAMESPACE, WebhookServer
     from tests.tools import build_tools
 
-    class Server(WebhookServer):
-        def __init__(self, *args: Any, extra: list[str], **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.extra = extra
-
-        def argv(self) -> list[str]:
-            return [*super().argv(), "--log-level=warning", *self.extra]
-
-        def pid(self) -> int:
-            assert self.process is not None
-            return int(self.process.popen.pid)
-
     with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-det-")))
         plane = start_control_plane(build_tools(), workdir, stack)
-        kube: Kube = plane.kube
-        kube.create_namespace(name=RELEASE_NAMESPACE)
-        namespace = kube.create_namespace("bench-detect", labels={INJECT: "enabled"})
-        owner = {
-            "apiVersion": "apps/v1",
-            "kind": "ReplicaSet",
-            "name": "web-5d8f7c9b4",
-            "uid": "00000000-0000-0000-0000-000000000001",
-            "controller": True,
-        }
-        started = time.monotonic()
-        with ThreadPoolExecutor(8) as pool:
-            list(
-                pool.map(
-                    lambda i: kube.create_pod(namespace, _pod(f"web-5d8f7c9b4-{i:05d}", owner)),
-                    range(pods),
-                )
-            )
-        created_seconds = time.monotonic() - started
-        sample = kube.request("GET", f"/api/v1/namespaces/{namespace}/pods", query={"limit": "1"})
-        pod_bytes = len(json.dumps(sample.body["items"][0]))
-
-        on = Server(workdir, plane.ca, plane.kubeconfig, name="detect-on", extra=[])
-        off = Server(workdir, plane.ca, plane.kubeconfig, name="detect-off", extra=["--no-detect"])
-        for server in (on, off):
-            stack.callback(server.stop)
-            server.start()
-
-        def counted() -> bool:
-            series = f'lifecycle_webhook_unprotected_pods{{namespace="{namespace}"}} '
-            return any(
-                line.startswith(series) and float(line.rsplit(" ", 1)[1]) == pods
-                for line in on.metrics().splitlines()
-            )
-
-        started = time.monotonic()
-        wait_until(counted, WAIT_SECONDS, f"the gauge to count {pods} pods", interval=1)
-        synced_seconds = time.monotonic() - started
-        time.sleep(3)  # settle: the list pages' garbage returned
-        steady = {s.name: _status_kib(s.pid(), "VmRSS") for s in (on, off)}
-        on.set_config("shutdownSeconds: 45\n")  # every pod judged again: a full relist
-        wait_until(counted, WAIT_SECONDS, "the relist", interval=1)
-        time.sleep(12)  # the relist happens within RELIST_SECONDS of the change
-        wait_until(counted, WAIT_SECONDS, "the relist", interval=1)
-        peak = {s.name: _status_kib(s.pid(), "VmHWM") for s in (on, off)}
-        after = {s.name: _status_kib(s.pid(), "VmRSS") for s in (on, off)}
-    limit = chart_memory_limit_mib()
-    return {
-        "pods": pods,
-        "pod_json_bytes": pod_bytes,
-        "pods_created_seconds": round(created_seconds, 1),
-        "gauge_complete_seconds": round(synced_seconds, 1),
-        "rss_mib": {name: _mib(kib) for name, kib in steady.items()},
-        "rss_after_relist_mib": {name: _mib(kib) for name, kib in after.items()},
-        "peak_rss_mib": {name: _mib(kib) for name, kib in peak.items()},
-        "detection_cost_mib": _mib(steady["detect-on"] - steady["detect-off"]),
-        "rss_ratio_on_vs_off": round(steady["detect-on"] / steady["detect-off"], 2),
-        "chart_memory_limit_mib": limit,
-        "peak_share_of_limit": round(_mib(peak["detect-on"]) / limit, 2),
-    }
+        populate(plane.kube, pods)
+        kubeconfig = str(plane.kubeconfig)
+        check = [sys.executable, "-m", "webhook", "check", f"--kubeconfig={kubeconfig}"]
+        check += ["--mode=namespace", f"--page-size={PAGE_SIZE}", "-o", "json"]
+        baseline = [sys.executable, "-m", "bench.detection", "list", kubeconfig, str(PAGE_SIZE)]
+        results: dict[str, list[tuple[float, float]]] = {"check": [], "baseline": []}
+        for attempt in range(repeat):
+            seconds, rss, stdout, code = measure(baseline)
+            if int(stdout) != pods:
+                raise BenchError(f"the baseline listed {stdout.strip()} pods, not {pods}")
+            results["baseline"].append((seconds, rss))
+            seconds, rss, stdout, code = measure(check)
+            document = json.loads(stdout)
+            if code != 1 or document["unprotected"] != pods or document["checked"] != pods:
+                raise BenchError(f"check found {document['unprotected']} of {pods} (exit {code})")
+            if len(document["owners"]) != NAMESPACES:
+                raise BenchError(f"check grouped them by {len(document['owners'])} owners")
+            results["check"].append((seconds, rss))
+            _progress(f"run {attempt + 1}: check {seconds:.2f} s, {rss:.0f} MiB")
+    figures: dict[str, Any] = {"pods": pods, "page_size": PAGE_SIZE, "runs": repeat}
+    for side, samples in results.items():
+        figures[f"{side}_seconds"] = statistics.median(s for s, _ in samples)
+        figures[f"{side}_peak_rss_mib"] = statistics.median(r for _, r in samples)
+    return figures
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench detection-watch", description=__doc__)
-    parser.add_argument("--pods", type=int, default=10_000, help="pods to watch (10000)")
-    parser.add_argument("--json", type=Path, help="also write the figures as JSON")
-    args = parser.parse_args(argv)
-    if not 1 <= args.pods <= 50_000:
-        parser.error("--pods wants 1 to 50000")
-    with tempfile.TemporaryDirectory(prefix="lifecycle-webhook-detection-") as directory:
-        try:
-            results = measure(args.pods, Path(directory))
-        except BenchError as exc:
-            print(f"detection-watch: cannot measure: {exc}", file=sys.stderr)
-            return 2
-    text = json.dumps(results, indent=2)
-    print(text)
+def render(figures: dict[str, Any]) -> str:
+    pods = figures["pods"]
+    check_s, base_s = figures["check_seconds"], figures["baseline_seconds"]
+    check_m, base_m = figures["check_peak_rss_mib"], figures["baseline_peak_rss_mib"]
+    lines = [
+        f"lifecycle-webhook check over {pods:,} pods (real kube-apiserver + etcd, "
+        f"pages of {figures['page_size']}, median of {figures['runs']} runs)",
+        "",
+        f"{'':34}{'seconds':>9}{'pods/s':>10}{'peak RSS MiB':>14}",
+        f"{'baseline: paged list, no judging':34}{base_s:>9.2f}{pods / base_s:>10,.0f}"
+        f"{base_m:>14.0f}",
+        f"{'check (judge + owners + report)':34}{check_s:>9.2f}{pods / check_s:>10,.0f}"
+        f"{check_m:>14.0f}",
+        f"{'check / baseline':34}{check_s / base_s:>9.2f}{'':>10}{check_m / base_m:>14.2f}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["list"]:  # the baseline's own process
+        print(plain_list(arguments[1], int(arguments[2])))
+        return 0
+    parser = argparse.ArgumentParser(prog="python -m bench detection")
+    parser.add_argument("--pods", type=int, default=10_000, help="pods to create (10000)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each side (3)")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures")
+    args = parser.parse_args(arguments)
+    if not 1 <= args.pods <= 50_000 or not 1 <= args.repeat <= 10:
+        parser.error("--pods wants 1 to 50000, --repeat 1 to 10")
+    try:
+        figures = run(args.pods, args.repeat)
+    except BenchError as error:
+        print(f"python -m bench detection: {error}", file=sys.stderr)
+        return 2
+    print(render(figures), end="")
     if args.json:
-        args.json.write_text(text + "\n")
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

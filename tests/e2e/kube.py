@@ -242,3 +242,42 @@ def pre_stop(pod: Obj, name: str) -> Obj | None:
     lifecycle = container(pod, name).get("lifecycle") or {}
     hook = lifecycle.get("preStop")
     return dict(hook) if hook is not None else None
+
+
+def owner_reference(obj: Obj) -> Obj:
+    """A controller reference to `obj`, as its controller would write it on what it owns."""
+    return {
+        "apiVersion": obj["apiVersion"],
+        "kind": obj["kind"],
+        "name": obj["metadata"]["name"],
+        "uid": obj["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def create_deployment_with_replicaset(kube: Kube, namespace: str, name: str) -> Obj:
+    """A Deployment and its ReplicaSet as the controller would have made them (no controller
+    runs here), both with 0 replicas; returns the ReplicaSet, whose pods the caller creates."""
+    labels = {"app": name}
+    template: Obj = {
+        "metadata": {"labels": labels},
+        "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
+    }
+    spec = {"replicas": 0, "selector": {"matchLabels": labels}, "template": template}
+    path = f"/apis/apps/v1/namespaces/{namespace}"
+    deployment = kube.request(
+        "POST",
+        f"{path}/deployments",
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name}, "spec": spec},
+    ).body
+    metadata = {
+        "name": f"{name}-5d8f7",
+        "labels": labels,
+        "ownerReferences": [owner_reference(deployment)],
+    }
+    return kube.request(
+        "POST",
+        f"{path}/replicasets",
+        {"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": metadata, "spec": spec},
+    ).body

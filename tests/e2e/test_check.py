@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from typing import Any
+from pathlib import Path
 
 import pytest
 import yaml
@@ -17,9 +17,18 @@ from webhook.core.model import PREFIX
 from webhook.detection.judge import NEVER_SEEN, SETTINGS_CHANGED
 
 from ..tools import REPO
-from .kube import INJECT, Kube, Obj, is_mutated, make_pod, unique_name
+from .kube import (
+    INJECT,
+    Obj,
+    create_deployment_with_replicaset,
+    is_mutated,
+    make_pod,
+    owner_reference,
+    unique_name,
+)
 from .procs import wait_until
 from .session import E2E
+from .test_rbac import as_service_account
 from .webhooks import WebhookSetup
 
 pytestmark = pytest.mark.e2e
@@ -46,57 +55,9 @@ def owners(result: subprocess.CompletedProcess[str]) -> dict[tuple[str, str], tu
     return {(row["kind"], row["name"]): (row["pods"], row["reason"]) for row in document["owners"]}
 
 
-def create(kube: Kube, path: str, body: Obj) -> Obj:
-    return kube.request("POST", path, body).body
-
-
-def reference(obj: Obj, controller: bool = True) -> Obj:
-    return {
-        "apiVersion": obj["apiVersion"],
-        "kind": obj["kind"],
-        "name": obj["metadata"]["name"],
-        "uid": obj["metadata"]["uid"],
-        "controller": controller,
-    }
-
-
-def deployment_with_replicaset(kube: Kube, namespace: str, name: str) -> Obj:
-    """A Deployment and its ReplicaSet as the controller would have made them (no controller
-    runs here): the pods then name the ReplicaSet, which names the Deployment."""
-    labels = {"app": name}
-    template: dict[str, Any] = {
-        "metadata": {"labels": labels},
-        "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
-    }
-    deployment = create(
-        kube,
-        f"/apis/apps/v1/namespaces/{namespace}/deployments",
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name},
-            "spec": {"replicas": 0, "selector": {"matchLabels": labels}, "template": template},
-        },
-    )
-    return create(
-        kube,
-        f"/apis/apps/v1/namespaces/{namespace}/replicasets",
-        {
-            "apiVersion": "apps/v1",
-            "kind": "ReplicaSet",
-            "metadata": {
-                "name": f"{name}-7d9f8",
-                "labels": labels,
-                "ownerReferences": [reference(deployment)],
-            },
-            "spec": {"replicas": 0, "selector": {"matchLabels": labels}, "template": template},
-        },
-    )
-
-
 def owned_pod(name: str, owner: Obj) -> Obj:
     pod = make_pod(name, labels={"app": owner["metadata"]["name"]})
-    pod["metadata"]["ownerReferences"] = [reference(owner)]
+    pod["metadata"]["ownerReferences"] = [owner_reference(owner)]
     return pod
 
 
@@ -104,7 +65,7 @@ def test_check_lists_pods_that_missed_the_webhook_by_owner(e2e: E2E) -> None:
     kube = e2e.kube
     e2e.use(DOWN)
     namespace = kube.create_namespace("check", labels={INJECT: "enabled"})
-    replicaset = deployment_with_replicaset(kube, namespace, "web")
+    replicaset = create_deployment_with_replicaset(kube, namespace, "web")
     statefulset = {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -144,7 +105,7 @@ def test_check_lists_pods_that_missed_the_webhook_by_owner(e2e: E2E) -> None:
     # The webhook is back; the owners' pods are recreated (what the fix command leads to).
     e2e.use(UP)
     fresh = kube.create_namespace("check-up", labels={INJECT: "enabled"})
-    replicaset = deployment_with_replicaset(kube, fresh, "web")
+    replicaset = create_deployment_with_replicaset(kube, fresh, "web")
     for index in range(2):
         assert is_mutated(kube.create_pod(fresh, owned_pod(f"web-{index}", replicaset)).body)
     up = run_check(e2e, configuration, "-n", fresh)
@@ -178,3 +139,53 @@ def test_check_errors_exit_2_with_a_message(e2e: E2E) -> None:
     assert missing.returncode == 2
     assert missing.stdout == ""
     assert "MutatingWebhookConfiguration 'no-such-configuration' not found" in missing.stderr
+
+
+CHECK_RULES: list[Obj] = [
+    {"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["list"]},
+    {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["get"]},
+    {
+        "apiGroups": ["admissionregistration.k8s.io"],
+        "resources": ["mutatingwebhookconfigurations"],
+        "verbs": ["get"],
+    },
+]
+"""What the README says `check` needs here (services and jobs only for exposure and jobs=inject)."""
+
+
+def without(resource: str) -> list[Obj]:
+    rules = []
+    for rule in CHECK_RULES:
+        kept = [r for r in rule["resources"] if r != resource]
+        if kept:
+            rules.append({**rule, "resources": kept})
+    return rules
+
+
+def test_check_runs_read_only_with_the_documented_verbs_and_each_is_needed(
+    e2e: E2E, tmp_path: Path
+) -> None:
+    kube = e2e.kube
+    e2e.use(DOWN)
+    namespace = kube.create_namespace("check-rbac", labels={INJECT: "enabled"})
+    replicaset = create_deployment_with_replicaset(kube, namespace, "web")
+    kube.create_pod(namespace, owned_pod("web-0", replicaset))
+    configuration = f"--webhook-configuration={e2e.registration.name}"
+
+    def as_account(rules: list[Obj], *args: str) -> subprocess.CompletedProcess[str]:
+        directory = tmp_path / unique_name("account")
+        directory.mkdir()
+        as_service_account(e2e, directory, rules)
+        kubeconfig = f"--kubeconfig={directory / 'service-account.kubeconfig'}"
+        return run_check(e2e, kubeconfig, configuration, *args)
+
+    allowed = as_account(CHECK_RULES, "-n", namespace, "-o", "json")
+    assert allowed.returncode == 1, allowed.stderr
+    assert owners(allowed) == {("Deployment", "web"): (1, NEVER_SEEN)}
+    everywhere = as_account(CHECK_RULES, "-o", "json")
+    assert everywhere.returncode == 1, everywhere.stderr
+    for resource in ("pods", "namespaces", "replicasets", "mutatingwebhookconfigurations"):
+        denied = as_account(without(resource), "-o", "json")
+        assert denied.returncode == 2, (resource, denied.stdout)
+        assert "403" in denied.stderr and resource in denied.stderr, denied.stderr
+        assert denied.stdout == ""

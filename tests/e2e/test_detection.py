@@ -22,11 +22,10 @@ from webhook.detector import EVENT_REASON, RESTARTED_AT, Detector
 from webhook.logs import JsonLog
 from webhook.metrics import Metrics
 
-from .kube import INJECT, Kube, Obj, is_mutated, make_pod, unique_name
+from .kube import INJECT, Kube, Obj, is_mutated, make_pod, owner_reference, unique_name
 from .procs import wait_until
 from .server import RELEASE_NAMESPACE, WebhookServer, metric_value
 from .session import E2E
-from .test_check import reference
 from .test_rbac import as_service_account
 from .webhooks import WebhookSetup, render_chart
 
@@ -103,7 +102,7 @@ def rollout(kube: Kube, namespace: str, owner: Obj, template_hash: str, pods: in
             "metadata": {
                 "name": f"{name}-{template_hash}",
                 "labels": labels,
-                "ownerReferences": [reference(owner)],
+                "ownerReferences": [owner_reference(owner)],
             },
             "spec": {
                 "replicas": pods,
@@ -118,7 +117,7 @@ def rollout(kube: Kube, namespace: str, owner: Obj, template_hash: str, pods: in
     created = []
     for index in range(pods):
         pod = make_pod(f"{name}-{template_hash}-{index}", labels=labels)
-        pod["metadata"]["ownerReferences"] = [reference(replica_set)]
+        pod["metadata"]["ownerReferences"] = [owner_reference(replica_set)]
         created.append(kube.create_pod(namespace, pod).body)
     return created
 
