@@ -1,5 +1,6 @@
 """`python -m bench [--quick] [--strict] ...` from the repository root, venv active;
 `python -m bench reliability [--only slow|burst|soak]` for the reliability figures;
+`python -m bench detection-watch [--pods N]` for the server's memory with N pods watched;
 `python -m bench detection [--pods N]` for `lifecycle-webhook check` over 10,000 pods.
 
 Exit 0 when the benchmark ran (targets missed or not), 1 with --strict when a target was
@@ -73,6 +74,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["detection-watch"]:
+        from bench.detection_watch import main as detection_watch
+
+        return detection_watch(arguments[1:])
     if arguments[:1] == ["reliability"]:
         from bench.reliability import main as reliability
 

@@ -130,6 +130,25 @@ class Metrics:
             "Reviews not answered because they waited longer than their timeout.",
             registry=self.registry,
         )
+        self.unprotected_pods = Gauge(
+            "lifecycle_webhook_unprotected_pods",
+            "Pods in scope running without what the webhook would add now (never seen by it, "
+            "or settings changed since), by namespace; only the Lease holder exports it.",
+            ["namespace"],
+            registry=self.registry,
+        )
+        self.remediations = Counter(
+            "lifecycle_webhook_remediations_total",
+            "Restarts of workloads whose pods missed the webhook (remediate: restart), by kind "
+            "and result (restarted, error, given_up).",
+            ["kind", "result"],
+            registry=self.registry,
+        )
+        self.detector_leader = Gauge(
+            "lifecycle_webhook_detector_leader",
+            "1 while this process holds the detector's Lease and reports unprotected pods.",
+            registry=self.registry,
+        )
         for reason in CLOSE_REASONS:
             self.connections_closed.labels(reason)
         self._request_children: dict[tuple[str, str], Any] = {}

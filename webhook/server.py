@@ -157,6 +157,26 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--kubeconfig", metavar="FILE", help="cluster to read Namespaces from (default: in-cluster)"
     )
     parser.add_argument(
+        "--detect",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="watch pods and report those that missed the webhook (default: on when a "
+        "cluster is configured)",
+    )
+    parser.add_argument(
+        "--mode",
+        default="namespace",
+        choices=["namespace", "cluster"],
+        help="the chart's mode: which pods the webhook configuration sends here, so "
+        "detection judges only those (default namespace)",
+    )
+    parser.add_argument(
+        "--lease-name",
+        default="lifecycle-webhook-detector",
+        metavar="NAME",
+        help="Lease in the release namespace that elects the one replica that reports",
+    )
+    parser.add_argument(
         "--cluster-version",
         metavar="1.NN",
         help="Kubernetes version to generate for; overrides the config's clusterVersion",
@@ -355,6 +375,20 @@ def _serve(
         after_listening.append(lambda: state.on_services_needed(cache.start))
     state.certificates_loaded = True
     after_listening.append(_resolve_cluster_version(state, api, log))
+    detector = None
+    if api is not None and args.detect and isinstance(namespaces, NamespaceCache):
+        from webhook.detector import Detector
+
+        detector = Detector(
+            api,
+            state,
+            namespaces,
+            log,
+            mode=args.mode,
+            lease_namespace=namespace,
+            lease_name=args.lease_name,
+        )
+        after_listening.append(detector.start)
 
     try:
         metrics_server = serve_metrics(metrics, args.host, args.metrics_port)
@@ -382,6 +416,8 @@ def _serve(
     try:
         server.run(sockets=sockets)
     finally:
+        if detector is not None:
+            detector.stop()  # releases the Lease: another replica reports at once
         metrics_server.shutdown()
     if server.forced:
         log.event(

@@ -155,7 +155,8 @@ def test_matrix_renders_valid_objects(
     assert len(all_of(documents, "PodDisruptionBudget")) == (1 if replicas > 1 else 0)
     kinds = {d["kind"] for d in documents}
     assert ("Certificate" in kinds) == (source == "cert-manager")
-    assert ("Role" in kinds) == (source == "self")
+    roles = {d["metadata"]["name"] for d in all_of(documents, "Role")}
+    assert (f"{FULLNAME}-certs" in roles) == (source == "self")
 
 
 # --- the webhook registration ------------------------------------------------------------
@@ -409,6 +410,69 @@ def test_pdb_can_be_disabled_or_use_min_available(render: Render) -> None:
     assert spec["minAvailable"] == 1 and "maxUnavailable" not in spec
 
 
+DETECTION_RULES: list[Obj] = [
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["get"]},
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get"]},
+]
+"""The server's detection: watch pods, one Event per rollout, a pod's ReplicaSet's or Job's owner."""
+LEASE_RULES: list[Obj] = [
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+    {
+        "apiGroups": ["coordination.k8s.io"],
+        "resources": ["leases"],
+        "resourceNames": [f"{FULLNAME}-detector"],
+        "verbs": ["get", "update"],
+    },
+]
+REMEDIATION_RULES: list[Obj] = [
+    {
+        "apiGroups": ["apps"],
+        "resources": ["deployments", "statefulsets", "daemonsets"],
+        "verbs": ["patch"],
+    }
+]
+
+
+@pytest.mark.parametrize(
+    ("enabled", "remediate"), [(True, None), (True, "off"), (True, "restart"), (False, None)]
+)
+def test_detection_verbs_are_granted_only_when_needed(
+    render: Render, enabled: bool, remediate: str | None
+) -> None:
+    """Pods, events, owners and the Lease only with detection on; patch on workloads only
+    with `remediate: restart`; the server is told which."""
+    config = {} if remediate is None else {"remediate": remediate}
+    documents = render({"detection.enabled": enabled, "config": config})
+    cluster_roles = rules_of(documents, "ClusterRole")
+    reader = cluster_roles[f"{FULLNAME}-namespaces"]
+    assert all((rule in reader) == enabled for rule in DETECTION_RULES)
+    assert (f"{FULLNAME}-detector" in rules_of(documents, "Role")) == enabled
+    if enabled:
+        assert rules_of(documents, "Role")[f"{FULLNAME}-detector"] == LEASE_RULES
+    restarts = remediate == "restart"
+    assert cluster_roles.get(f"{FULLNAME}-remediate") == (REMEDIATION_RULES if restarts else None)
+    everything = [r for rules in cluster_roles.values() for r in rules]
+    assert any("patch" in r["verbs"] and "apps" in r.get("apiGroups", []) for r in everything) == (
+        restarts
+    )
+    args = container(documents, "webhook")["args"]
+    assert ("--no-detect" in args) == (not enabled)
+    assert (f"--lease-name={FULLNAME}-detector" in args) == enabled
+    assert "--mode=namespace" in args
+    parsed = build_parser(["serve"]).parse_args(["serve", *args])
+    assert parsed.detect == enabled
+    config_file = yaml.safe_load(only(documents, "ConfigMap")["data"]["config.yaml"])
+    assert parse_config(config_file).remediate == (remediate or "off")
+
+
+def test_remediation_without_detection_fails_the_render(template: Any) -> None:
+    result = template({"detection.enabled": False, "config": {"remediate": "restart"}})
+    assert result.returncode != 0
+    assert "config.remediate: restart needs detection.enabled" in result.stderr
+
+
 def rules_of(documents: list[Obj], kind: str) -> dict[str, list[Obj]]:
     return {d["metadata"]["name"]: d["rules"] for d in all_of(documents, kind)}
 
@@ -423,9 +487,10 @@ def test_rbac_is_minimal(render: Render, source: str) -> None:
             {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "watch"]},
             {"nonResourceURLs": ["/version"], "verbs": ["get"]},
+            *DETECTION_RULES,
         ]
     }
-    expected_roles: dict[str, list[Obj]] = {}
+    expected_roles: dict[str, list[Obj]] = {f"{FULLNAME}-detector": LEASE_RULES}
     if source == "self":
         expected_cluster[f"{FULLNAME}-webhook-config"] = [
             {
@@ -566,7 +631,7 @@ def test_cert_manager_certificate_and_ca_injection(render: Render) -> None:
     assert [c["name"] for c in spec["containers"]] == ["webhook"]
     tls = next(v for v in spec["volumes"] if v["name"] == "tls")
     assert tls["secret"]["secretName"] == serving["spec"]["secretName"]
-    assert all_of(documents, "Role") == []
+    assert [r["metadata"]["name"] for r in all_of(documents, "Role")] == [f"{FULLNAME}-detector"]
 
 
 def test_cert_manager_with_an_existing_issuer(render: Render) -> None:

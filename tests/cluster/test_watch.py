@@ -386,3 +386,39 @@ def test_stop_ends_the_thread(fake: Any, stopped_after: Any, where: str) -> None
     requests = len(server.paths)
     time.sleep(0.6)
     assert len(server.paths) == requests, "nothing is requested after stop()"
+
+
+def test_relist_judges_every_object_again_without_reporting_a_failure(
+    fake: Any, stopped_after: Any
+) -> None:
+    """`relist()` cuts the watch short and lists again, so a transform that reads more than
+    the object (the detector's settings) sees every object anew; it is not an outage."""
+    suffix = ["-a"]
+
+    def handler(path: str, tls: ssl.SSLSocket) -> None:
+        if is_watch(path):
+            silence(tls)
+        else:
+            respond(tls, 200, page([pod("a", 11), pod("b", 12)], "20"))
+
+    server = fake(handler)
+    recorder = Recorder()
+    watched = informer(
+        server,
+        stopped_after,
+        transform=lambda obj: image_of(obj) + suffix[0],
+        **recorder.options(),
+    )
+    assert watched.synced.wait(5)
+    wait_for(lambda: any(is_watch(p) for p in server.paths))
+    suffix[0] = "-b"
+    watched.relist()
+    wait_for(lambda: watched.get("shop/a") == "app:1-b")
+    assert watched.snapshot() == {"shop/a": "app:1-b", "shop/b": "app:1-b"}
+    assert sum(1 for p in server.paths if not is_watch(p)) == 2
+    updates = [c for c in recorder.calls if c[0] == "update"]
+    assert updates == [
+        ("update", "shop/a", "app:1-a", "app:1-b"),
+        ("update", "shop/b", "app:1-a", "app:1-b"),
+    ]
+    assert not watched.failing

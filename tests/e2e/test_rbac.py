@@ -5,6 +5,7 @@ Services are unknown (so that rule is needed), and nothing asks for `get` on a S
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -36,12 +37,40 @@ def chart_cluster_role(e2e: E2E, tmp_path: Path) -> Obj:
     return role
 
 
-def as_service_account(e2e: E2E, tmp_path: Path, rules: list[Obj]) -> ApiServer:
-    """A client with the token of a fresh ServiceAccount bound to a ClusterRole of `rules`."""
+def as_service_account(
+    e2e: E2E, tmp_path: Path, rules: list[Obj], role_rules: Mapping[str, list[Obj]] | None = None
+) -> ApiServer:
+    """A client with the token of a fresh ServiceAccount bound to a ClusterRole of `rules`, and
+    in each namespace of `role_rules` to a Role of those rules."""
     kube = e2e.kube
     namespace = kube.create_namespace("rbac")
     account = unique_name("webhook")
     kube.ensure_service_account(namespace, account)
+    subject = {"kind": "ServiceAccount", "name": account, "namespace": namespace}
+    for where, namespaced in (role_rules or {}).items():
+        name = unique_name("e2e-webhook-role")
+        base = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{where}"
+        kube.request(
+            "POST",
+            f"{base}/roles",
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": {"name": name},
+                "rules": namespaced,
+            },
+        )
+        kube.request(
+            "POST",
+            f"{base}/rolebindings",
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": name},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+                "subjects": [subject],
+            },
+        )
     role = unique_name("e2e-webhook-reader")
     kube.request(
         "POST",
@@ -65,7 +94,7 @@ def as_service_account(e2e: E2E, tmp_path: Path, rules: list[Obj]) -> ApiServer:
                 "kind": "ClusterRole",
                 "name": role,
             },
-            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+            "subjects": [subject],
         },
     )
     token = kube.request(

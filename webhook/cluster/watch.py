@@ -106,7 +106,7 @@ def object_key(obj: Mapping[str, Any]) -> str | None:
 
 
 class _Stopping(Exception):
-    """stop() was called."""
+    """stop() or relist() was called."""
 
 
 class _Backoff:
@@ -182,6 +182,7 @@ class Informer(Generic[T]):
         """Where the next watch starts; None: list first."""
         self._request: Call | None = None
         """The request in flight, for stop() to close."""
+        self._relist_wanted = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"{name}-watch", daemon=True)
 
     # --- reading (any thread) ---------------------------------------------------------
@@ -218,11 +219,23 @@ class Informer(Generic[T]):
             self._thread.join(timeout)
         return not self._thread.is_alive()
 
+    def relist(self) -> None:
+        """Lists again soon (the watch in flight is cut short), so `transform` sees every
+        object anew: for consumers whose transform reads more than the object (the pods
+        detector re-judges every pod when the config or a namespace changes)."""
+        self._relist_wanted.set()
+        call = self._request
+        if call is not None:
+            call.close()
+
     # --- the thread -----------------------------------------------------------------------
 
     def _run(self) -> None:
         backoff = _Backoff()
         while not self._stopped.is_set():
+            if self._relist_wanted.is_set():
+                self._relist_wanted.clear()
+                self._version = None
             try:
                 if self._version is None:
                     self._version = self._relist()
@@ -230,6 +243,8 @@ class Informer(Generic[T]):
                     backoff.reset()
                 started = time.monotonic()
                 events = self._watch()
+                if self._relist_wanted.is_set():
+                    continue
                 if events == 0 and time.monotonic() - started < QUICK_WATCH:
                     self._stopped.wait(backoff.next())
                 elif events:
@@ -240,6 +255,8 @@ class Informer(Generic[T]):
             except Exception as exc:
                 if self._stopped.is_set():
                     break
+                if self._relist_wanted.is_set():
+                    continue  # cut short by relist(), not a failure
                 self._failed(exc)
                 self._stopped.wait(backoff.next())
 
@@ -369,7 +386,7 @@ class Informer(Generic[T]):
         """A GET of the collection that `stop()` can cut short at any point."""
         call = self.api.call("GET", self.path, timeout=timeout, query=query)
         self._request = call
-        if self._stopped.is_set():
+        if self._stopped.is_set() or ("watch" in query and self._relist_wanted.is_set()):
             call.close()
             raise _Stopping
         return call.send()

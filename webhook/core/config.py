@@ -26,7 +26,16 @@ class ConfigError(ValueError):
 
 
 _BY_CONFIG_KEY = {setting.config_key: setting for setting in SETTINGS if setting.config_key}
-_CONFIG_ONLY = ("maxSeconds", "strict", "excludedNamespaces", "clusterVersion", "profiles")
+_CONFIG_ONLY = (
+    "maxSeconds",
+    "strict",
+    "excludedNamespaces",
+    "clusterVersion",
+    "profiles",
+    "remediate",
+    "remediateIntervalSeconds",
+)
+REMEDIATIONS = ("off", "restart")
 _PROFILE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", re.ASCII)
 _MATCH_KEYS = ("exposure", "ownerKind", "podSelector", "namespaceSelector")
 
@@ -64,6 +73,12 @@ def parse_config(data: Mapping[str, Any] | None) -> Config:
             cluster_version = values.parse_cluster_version(data["clusterVersion"])
         except values.InvalidValue as invalid:
             problems.append(f"clusterVersion: {invalid.reason}, got {data['clusterVersion']!r}")
+    remediate = data.get("remediate", "off")
+    if remediate not in REMEDIATIONS:
+        problems.append(f"remediate: want {' or '.join(REMEDIATIONS)}, got {remediate!r}")
+    interval = data.get("remediateIntervalSeconds", Config().remediate_interval_seconds)
+    if isinstance(interval, bool) or not isinstance(interval, int) or not 1 <= interval <= 86400:
+        problems.append(f"remediateIntervalSeconds: want 1 to 86400, got {interval!r}")
     parsed = _settings(
         {k: v for k, v in data.items() if k not in _CONFIG_ONLY}, max_seconds, "", problems
     )
@@ -77,6 +92,8 @@ def parse_config(data: Mapping[str, Any] | None) -> Config:
         excluded_namespaces=excluded,
         cluster_version=cluster_version,
         profiles=profiles,
+        remediate=remediate,
+        remediate_interval_seconds=interval,
     )
 
 

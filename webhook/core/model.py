@@ -71,6 +71,10 @@ class Config:
     """None means `auto`: the adapter detects it and passes it in `Settings.cluster_version`."""
     profiles: tuple[Profile, ...] = ()
     """In file order: the first whose match holds applies."""
+    remediate: Literal["off", "restart"] = "off"
+    """`restart`: the server restarts the owners of pods that missed the webhook."""
+    remediate_interval_seconds: int = 300
+    """At most one remediation restart per this many seconds, cluster-wide."""
 
 
 @dataclass(frozen=True, slots=True)
