@@ -176,7 +176,9 @@ def test_hostile_pods(app: InProcess, stats: Stats) -> None:
 
     run()
     assert stats.tried >= 800 * SCALE * 0.9
-    assert stats.patches > stats.tried // 4  # most hostile pods still get (valid) patches
+    # Many hostile pods still get (valid) patches, so the patch checks really run: about a
+    # quarter on average, 21 % seen in an unlucky random run; the floor leaves room for that.
+    assert stats.patches > stats.tried // 10
 
 
 def big_pod(containers: int) -> dict[str, Any]:
