@@ -1,5 +1,6 @@
 """`python -m bench [--quick] [--strict] ...` from the repository root, venv active;
-`python -m bench reliability [--only slow|burst|soak]` for the reliability figures.
+`python -m bench reliability [--only slow|burst|soak]` for the reliability figures;
+`python -m bench apiserver` for pod creates through a real kube-apiserver.
 
 Exit 0 when the benchmark ran (targets missed or not), 1 with --strict when a target was
 missed, 2 when the harness could not produce trustworthy numbers (a tool missing, a server
@@ -76,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.reliability import main as reliability
 
         return reliability(arguments[1:])
+    if arguments[:1] == ["apiserver"]:
+        from bench.apiserver import main as apiserver
+
+        return apiserver(arguments[1:])
     args = parse_args(argv)
     options = Options(
         warmup_seconds=1 if args.quick else 2,
