@@ -1,6 +1,7 @@
 """`python -m bench [--quick] [--strict] ...` from the repository root, venv active;
 `python -m bench reliability [--only slow|burst|soak]` for the reliability figures;
-`python -m bench apiserver` for pod creates through a real kube-apiserver.
+`python -m bench apiserver` for pod creates through a real kube-apiserver; `python -m bench
+workers` for the throughput of --workers 1 and 2.
 
 Exit 0 when the benchmark ran (targets missed or not), 1 with --strict when a target was
 missed, 2 when the harness could not produce trustworthy numbers (a tool missing, a server
@@ -77,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.reliability import main as reliability
 
         return reliability(arguments[1:])
+    if arguments[:1] == ["workers"]:
+        from bench.workers import main as workers
+
+        return workers(arguments[1:])
     if arguments[:1] == ["apiserver"]:
         from bench.apiserver import main as apiserver
 
