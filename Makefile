@@ -56,8 +56,10 @@ node: $(STAMP) ## only the real-node tests: kubelet, containerd, kube-proxy in t
 golden: $(STAMP) ## regenerate the golden outputs (review the diff before committing)
 	$(BIN)/python -m tests.golden.regenerate
 
-bench: $(STAMP) ## throughput, latency, memory and start-up against a trivial FastAPI baseline
+bench: $(STAMP) ## throughput, latency, memory and start-up against a trivial FastAPI baseline; --workers 1 vs 2; pod creates through a real kube-apiserver
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench workers
+	$(BIN)/python -m bench apiserver
 
 reliability: $(STAMP) ## the README's reliability figures: slow clients, burst, 10-minute soak
 	$(BIN)/python -m bench reliability --soak-seconds 600

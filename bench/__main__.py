@@ -1,7 +1,9 @@
 """`python -m bench [--quick] [--strict] ...` from the repository root, venv active;
 `python -m bench reliability [--only slow|burst|soak]` for the reliability figures;
 `python -m bench detection-watch [--pods N]` for the server's memory with N pods watched;
-`python -m bench detection [--pods N]` for `lifecycle-webhook check` over 10,000 pods.
+`python -m bench detection [--pods N]` for `lifecycle-webhook check` over 10,000 pods;
+`python -m bench apiserver` for pod creates through a real kube-apiserver; `python -m bench
+workers` for the throughput of --workers 1 and 2.
 
 Exit 0 when the benchmark ran (targets missed or not), 1 with --strict when a target was
 missed, 2 when the harness could not produce trustworthy numbers (a tool missing, a server
@@ -86,6 +88,14 @@ def main(argv: list[str] | None = None) -> int:
         from bench.detection import main as detection
 
         return detection(arguments[1:])
+    if arguments[:1] == ["workers"]:
+        from bench.workers import main as workers
+
+        return workers(arguments[1:])
+    if arguments[:1] == ["apiserver"]:
+        from bench.apiserver import main as apiserver
+
+        return apiserver(arguments[1:])
     args = parse_args(argv)
     options = Options(
         warmup_seconds=1 if args.quick else 2,

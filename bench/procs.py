@@ -89,7 +89,7 @@ class Server:
         argv: list[str],
         *,
         port: int,
-        cpu: int,
+        cpu: int | str,
         tls: Tls,
         log_path: Path,
         cwd: Path,

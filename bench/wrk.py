@@ -99,7 +99,7 @@ def run_wrk(
     body_file: Path,
     connections: int,
     seconds: int,
-    cpu: int,
+    cpu: int | str,
     nice: int = 0,
     script: Path = LUA_SCRIPT,
 ) -> WrkResult:

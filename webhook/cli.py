@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             args = parser.parse_args(arguments)
         except SystemExit as exit_request:  # --help and --version
             return exit_request.code if isinstance(exit_request.code, int) else 0
+        if args.command == "serve":
+            args.serve_argv = arguments  # --workers starts its workers with the same flags
         runner: Runner = args.run
         return runner(args)
     except UsageError as error:

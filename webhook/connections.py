@@ -63,7 +63,12 @@ ACCEPT_BATCH = 32
 TLS_SHUTDOWN_SECONDS = 5.0
 """How long a closing TLS connection may take to flush and exchange close_notify (uvloop: 30)."""
 LISTEN_BACKLOG = 1024
-TRIM_AFTER_CLOSING = 200
+TRIM_AFTER_CLOSING = 16
+"""Hand freed memory back once this many connections (and half of the high-water mark) have
+closed: each TLS connection leaves ~100-250 KiB of freed heap (uvloop's 256 KiB read buffer,
+the request body, OpenSSL's buffers) that glibc would otherwise keep resident. Measured: after
+32 connections of 84 KB reviews, 59 MiB without, 55 MiB with; malloc_trim takes well under
+1 ms here and runs at most once per sweep."""
 _RESET = struct.pack("ii", 1, 0)
 """SO_LINGER on, 0 s: close() sends a RST and leaves no TIME_WAIT behind."""
 
@@ -343,8 +348,8 @@ class Listener:
     def _trim(self) -> None:
         """After many connections closed, hand their freed memory back to the kernel.
 
-        glibc keeps freed heap pages resident; after a wave of slow clients the holes would
-        stay at the wave's high-water mark and the next wave would add to it.
+        glibc keeps freed heap pages resident; after a wave of clients (slow ones, or a burst of
+        large reviews) the holes would stay at the wave's high-water mark.
         """
         self._high_water = max(self._high_water, self.open)
         if self._high_water - self.open >= TRIM_AFTER_CLOSING and self.open < self._high_water // 2:
@@ -444,6 +449,11 @@ def guarded_protocol(
 
         def connection_lost(self, exc: Exception | None) -> None:
             super().connection_lost(exc)
+            # uvicorn cancels the keep-alive timer only on a clean close; after a reset the
+            # timer would keep this protocol, its transport and uvloop's 256 KiB TLS read
+            # buffer alive for the whole keep-alive (120 s): with 32 clients that reconnect,
+            # ~10 MiB per wave. Cancel it whatever the cause.
+            self._unset_keepalive_if_required()
             listener.connection_lost(self.connection)
 
         def on_message_begin(self) -> None:

@@ -60,12 +60,14 @@ _DUMPS_OPTIONS = orjson.OPT_UTC_Z
 class JsonLog:
     """Writes JSON lines at or above `level` to a file descriptor (stderr by default)."""
 
-    def __init__(self, level: str = "info", fd: int = 2) -> None:
+    def __init__(self, level: str = "info", fd: int = 2, worker: int | None = None) -> None:
         if level not in LEVELS:
             raise ValueError(f"unknown log level {level!r}; one of {', '.join(LEVELS)}")
         self.level = level
         self.threshold = LEVELS[level]
         self.fd = fd
+        self.identity: dict[str, Any] = {} if worker is None else {"worker": worker}
+        """With --workers, every event line says which worker wrote it (review lines do not)."""
 
     def _write(self, record: dict[str, Any]) -> None:
         data = orjson.dumps(record, default=str, option=_DUMPS_OPTIONS) + b"\n"
@@ -81,7 +83,9 @@ class JsonLog:
         """A server event: started, cert reloaded, config reload failed, draining, ..."""
         if LEVELS[level] < self.threshold:
             return
-        self._write({"ts": dt.datetime.now(_UTC), "level": level, "event": event, **fields})
+        self._write(
+            {"ts": dt.datetime.now(_UTC), "level": level, "event": event, **self.identity, **fields}
+        )
 
     def review(
         self,

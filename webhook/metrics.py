@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -201,8 +201,11 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def serve_metrics(metrics: Metrics, host: str, port: int) -> ThreadingHTTPServer:
-    """Serve `GET /metrics` on a daemon thread; other paths are 404."""
+def serve_metrics(
+    exposition: Callable[[], bytes], host: str, port: int, sock: socket.socket | None = None
+) -> ThreadingHTTPServer:
+    """Serve `GET /metrics` on a daemon thread; other paths are 404. With `sock` (a worker's
+    socket, bound by the supervisor) it serves there instead of binding host:port."""
 
     class Handler(BaseHTTPRequestHandler):
         timeout = 10  # a scraper that stops reading must not hold a thread forever
@@ -211,7 +214,12 @@ def serve_metrics(metrics: Metrics, host: str, port: int) -> ThreadingHTTPServer
             if self.path.split("?", 1)[0] != "/metrics":
                 self._reply(404, b"not found\n", "text/plain; charset=utf-8")
                 return
-            self._reply(200, metrics.exposition(), CONTENT_TYPE_LATEST)
+            try:
+                body = exposition()
+            except OSError as exc:  # --workers: a worker's metrics could not be read
+                self._reply(503, f"{exc}\n".encode(), "text/plain; charset=utf-8")
+                return
+            self._reply(200, body, CONTENT_TYPE_LATEST)
 
         def _reply(self, status: int, body: bytes, content_type: str) -> None:
             self.send_response(status)
@@ -231,6 +239,13 @@ def serve_metrics(metrics: Metrics, host: str, port: int) -> ThreadingHTTPServer
                 self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             super().server_bind()
 
+    if sock is not None:
+        server = Server(sock.getsockname()[:2], Handler, bind_and_activate=False)
+        server.socket.close()
+        server.socket = sock
+        server.server_activate()
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+        return server
     if host == "" or ":" in host:  # "" is every interface: IPv4 and IPv6 on one socket
         Server.address_family = socket.AF_INET6
     try:

@@ -40,6 +40,7 @@ POLL_SECONDS = 2.0
 VERSION_ATTEMPTS_AT_START = 3
 VERSION_RETRY_SECONDS = 30.0
 PROG = "lifecycle-webhook serve"
+MAX_WORKERS = 64
 
 
 ALL_INTERFACES = ""
@@ -84,6 +85,17 @@ def _bound(sock: socket.socket, address: Any) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+_held_signals: list[int] = []
+
+
+def _hold_signals() -> None:
+    """A worker: SIGTERM/SIGINT before uvicorn's handlers are in place are kept and honoured
+    once it serves (see `startup`); an early SIGHUP is dropped (the poller runs anyway)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda received, _: _held_signals.append(received))
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 class UsageError(Exception):
@@ -182,6 +194,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="Kubernetes version to generate for; overrides the config's clusterVersion",
     )
     parser.add_argument(
+        "--workers",
+        metavar="N",
+        default=1,
+        type=int,
+        help="server processes sharing the port (default 1); see the README",
+    )
+    for hidden in ("--worker-index", "--worker-sockets", "--worker-metrics-socket"):
+        parser.add_argument(hidden, help=argparse.SUPPRESS)
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=list(LEVELS),
@@ -215,6 +236,8 @@ def _check_arguments(args: argparse.Namespace) -> tuple[int, int] | None:
         raise UsageError(f"--drain-seconds {args.drain_seconds}: want 0 to 3600")
     if args.max_body_bytes < 1:
         raise UsageError(f"--max-body-bytes {args.max_body_bytes}: want at least 1")
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise UsageError(f"--workers {args.workers}: want 1 to {MAX_WORKERS}")
     if not 1 <= args.max_connections <= 1_000_000:
         raise UsageError(f"--max-connections {args.max_connections}: want 1 to 1000000")
     for flag, seconds in (
@@ -289,6 +312,9 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
 
+    if args.worker_index is not None:
+        _hold_signals()
+        log = JsonLog(args.log_level, worker=int(args.worker_index))
     bridge_stdlib_logging(log)
     from webhook.config_file import ConfigFileError, load_config, own_namespace
 
@@ -305,9 +331,30 @@ def run_serve(args: argparse.Namespace) -> int:
             cert_file, key_file = args.tls_cert, args.tls_key
         else:
             cert_file, key_file = stack.enter_context(_self_signed(log))
+        if args.workers > 1 and args.worker_index is None:
+            return _supervise(args, log, cert_file, key_file)
         return _serve(
             args, log, started, config, config_bytes, namespace, override, cert_file, key_file
         )
+
+
+def _supervise(args: argparse.Namespace, log: JsonLog, cert_file: str, key_file: str) -> int:
+    """--workers N: bind once, start N workers on the sockets (webhook/workers.py)."""
+    from webhook.workers import Supervisor
+
+    try:
+        sockets = listening_sockets(args.host, args.port)
+    except OSError as exc:
+        log.event("cannot listen", level="error", port=args.port, error=str(exc))
+        return 1
+    argv = list(getattr(args, "serve_argv", None) or ["serve"])
+    if not args.tls_cert:  # every worker serves the supervisor's throwaway pair
+        argv += [f"--tls-cert={cert_file}", f"--tls-key={key_file}"]
+    return Supervisor(args, argv, log).run(sockets)
+
+
+def _inherited_sockets(fds: str) -> list[socket.socket]:
+    return [socket.socket(fileno=int(fd)) for fd in fds.split(",")]
 
 
 def _serve(
@@ -391,7 +438,14 @@ def _serve(
         after_listening.append(detector.start)
 
     try:
-        metrics_server = serve_metrics(metrics, args.host, args.metrics_port)
+        metrics_server = serve_metrics(
+            metrics.exposition,
+            args.host,
+            args.metrics_port,
+            sock=_inherited_sockets(args.worker_metrics_socket)[0]
+            if args.worker_metrics_socket
+            else None,
+        )
     except OSError as exc:
         log.event("cannot listen", level="error", port=args.metrics_port, error=str(exc))
         return 1
@@ -408,7 +462,10 @@ def _serve(
 
     server = _build_server(args, state, reloader, metrics, log, started, after_listening)
     try:
-        sockets = listening_sockets(args.host, args.port)
+        if args.worker_sockets:
+            sockets = _inherited_sockets(args.worker_sockets)
+        else:
+            sockets = listening_sockets(args.host, args.port)
     except OSError as exc:
         metrics_server.shutdown()
         log.event("cannot listen", level="error", port=args.port, error=str(exc))
@@ -549,6 +606,9 @@ def _build_server(
                 client_ca=bool(args.client_ca),
                 max_connections=limits.max_connections,
             )
+            for sig in _held_signals:
+                self.handle_exit(sig, None)
+            _held_signals.clear()
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             if self.drain_deadline is None and not self.should_exit:

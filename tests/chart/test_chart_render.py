@@ -557,11 +557,19 @@ def test_the_server_accepts_the_rendered_command_line(render: Render) -> None:
     assert args.port == 8443
     assert args.metrics_port == 9090
     assert args.drain_seconds == 9
+    assert args.workers == 1
+    assert not any(a.startswith("--workers") for a in webhook["args"])
     tls_mount = next(m for m in webhook["volumeMounts"] if m["name"] == "tls")["mountPath"]
     assert args.tls_cert == f"{tls_mount}/tls.crt"
     assert args.tls_key == f"{tls_mount}/tls.key"
     env = {e["name"]: e for e in webhook["env"]}
     assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+
+
+def test_workers_value_reaches_the_server(render: Render) -> None:
+    webhook = container(render({"server.workers": 2}), "webhook")
+    args = build_parser(["serve"]).parse_args(["serve", *webhook["args"]])
+    assert args.workers == 2
 
 
 def bootstrap_args(command: list[str]) -> Any:
@@ -673,6 +681,8 @@ def test_provided_secret_and_ca_bundle(render: Render, encoding: str) -> None:
         ({"certs.source": "provided"}, "/certs"),
         ({"certs.source": "provided", "certs.provided.secretName": "x"}, "/certs"),
         ({"replicaCount": -1}, "/replicaCount"),
+        ({"server.workers": 0}, "/server/workers"),
+        ({"server.workers": 65}, "/server/workers"),
         ({"excludedNamespaces": ["Kube_System"]}, "/excludedNamespaces"),
         ({"config": {"prestopSecond": 5}}, "/config"),
         ({"config": {"prestop": "tcp"}}, "/config/prestop"),
