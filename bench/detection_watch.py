@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from bench import BenchError
+from bench.procs import status_kib
 
 REPO = Path(__file__).resolve().parent.parent
 CHART_VALUES = REPO / "charts" / "lifecycle-webhook" / "values.yaml"
@@ -60,14 +61,6 @@ def _pod(name: str, owner: dict[str, Any]) -> dict[str, Any]:
             ]
         },
     }
-
-
-def _status_kib(pid: int, field: str) -> int:
-    text = Path(f"/proc/{pid}/status").read_text()
-    found = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
-    if found is None:
-        raise BenchError(f"no {field} for pid {pid}")
-    return int(found.group(1))
 
 
 def _mib(kib: int) -> float:
@@ -140,13 +133,13 @@ def measure(pods: int, workdir: Path) -> dict[str, Any]:
         wait_until(counted, WAIT_SECONDS, f"the gauge to count {pods} pods", interval=1)
         synced_seconds = time.monotonic() - started
         time.sleep(3)  # settle: the list pages' garbage returned
-        steady = {s.name: _status_kib(s.pid(), "VmRSS") for s in (on, off)}
+        steady = {s.name: status_kib(s.pid(), "VmRSS") for s in (on, off)}
         on.set_config("shutdownSeconds: 45\n")  # every pod judged again: a full relist
         wait_until(counted, WAIT_SECONDS, "the relist", interval=1)
         time.sleep(12)  # the relist happens within RELIST_SECONDS of the change
         wait_until(counted, WAIT_SECONDS, "the relist", interval=1)
-        peak = {s.name: _status_kib(s.pid(), "VmHWM") for s in (on, off)}
-        after = {s.name: _status_kib(s.pid(), "VmRSS") for s in (on, off)}
+        peak = {s.name: status_kib(s.pid(), "VmHWM") for s in (on, off)}
+        after = {s.name: status_kib(s.pid(), "VmRSS") for s in (on, off)}
     limit = chart_memory_limit_mib()
     return {
         "pods": pods,

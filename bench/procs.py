@@ -60,7 +60,7 @@ def nice_prefix(nice: int) -> list[str]:
     return ["nice", "-n", str(nice)] if nice else []
 
 
-def _read_status_kib(pid: int, field: str) -> int:
+def status_kib(pid: int, field: str) -> int:
     with open(f"/proc/{pid}/status", encoding="ascii") as status:
         for line in status:
             if line.startswith(field + ":"):
@@ -156,10 +156,10 @@ class Server:
         )
 
     def rss_kib(self) -> int:
-        return _read_status_kib(self.pid, "VmRSS")
+        return status_kib(self.pid, "VmRSS")
 
     def peak_rss_kib(self) -> int:
-        return _read_status_kib(self.pid, "VmHWM")
+        return status_kib(self.pid, "VmHWM")
 
     def cpu_seconds(self) -> float:
         """user + system time of all the process's threads."""

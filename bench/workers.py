@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import BenchError, corpus
-from bench.procs import HOST, Server, free_port, make_tls
+from bench.procs import HOST, Server, free_port, make_tls, status_kib
 from bench.wrk import ensure_wrk, run_wrk
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -69,12 +69,7 @@ def tree_cpu_seconds(pid: int) -> float:
 
 
 def tree_rss_mib(pid: int) -> float:
-    total = 0
-    for member in process_tree(pid):
-        for line in Path(f"/proc/{member}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1])
-    return total / 1024
+    return sum(status_kib(member, "VmRSS") for member in process_tree(pid)) / 1024
 
 
 def measure(args: argparse.Namespace, directory: Path) -> list[Row]:

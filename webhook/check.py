@@ -25,6 +25,7 @@ from typing import Any
 from webhook.cluster.api import ApiError, ApiServer, ClusterConfigError
 from webhook.cluster.namespaces import EMPTY, NamespaceInfo, namespace_info
 from webhook.cluster.services import Services, service_summary
+from webhook.cluster.watch import ContinueExpired, list_pages
 from webhook.core.model import NEWEST_KNOWN_VERSION, Config, Settings
 from webhook.core.profiles import annotations_read_services, config_reads_services
 from webhook.detection.judge import judge
@@ -165,28 +166,19 @@ class Checker:
 
     def _pages(self, path: str, query: Mapping[str, str]) -> Iterator[dict[str, Any]]:
         """Every item of a paged list; only one page is held at a time."""
-        token = ""
-        while True:
-            page_query = {"limit": str(self.page_size), **query}
-            if token:
-                page_query["continue"] = token
-            try:
-                page = self.api.get(path, TIMEOUT, page_query)
-            except ApiError as exc:
-                if exc.status == 410 and token:
-                    raise ListRestart from exc
-                raise
-            if not isinstance(page, dict):
-                raise CheckError(f"GET {path}: the API server sent no list")
-            items = page.pop("items", None) or []
-            token = (page.get("metadata") or {}).get("continue") or ""
-            del page
-            while items:
-                item = items.pop()  # each pod is freed as soon as it is judged
-                if isinstance(item, dict):
-                    yield item
-            if not token:
-                return
+        pages = list_pages(lambda q: self.api.get(path, TIMEOUT, q), query, self.page_size)
+        try:
+            for page in pages:
+                if not isinstance(page, dict):
+                    raise CheckError(f"GET {path}: the API server sent no list")
+                items = page.pop("items", None) or []
+                del page
+                while items:
+                    item = items.pop()  # each pod is freed as soon as it is judged
+                    if isinstance(item, dict):
+                        yield item
+        except ContinueExpired as exc:
+            raise ListRestart from exc
 
     def _read_namespace(self, name: str) -> NamespaceInfo:
         """One namespace, by a list with a field selector: `list` is the only verb needed."""

@@ -59,11 +59,12 @@ set after the first list; `current` says the store is being kept up to date righ
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
 import orjson
@@ -88,6 +89,40 @@ BACKOFF_MAX = 30.0
 LIST_RESTARTS = 3
 """How often one list may start over because its continue token expired."""
 MAX_PAGES = 10_000
+
+
+class ContinueExpired(ApiError):
+    """A paged list's continue token expired (410) after its first page: list again."""
+
+
+def list_pages(
+    fetch: Callable[[dict[str, str]], Any],
+    query: Mapping[str, str],
+    page_size: int,
+    max_pages: int | None = None,
+) -> Iterator[Any]:
+    """The pages of a paged list (`limit`/`continue`), fetched one at a time as the caller
+    asks for the next, so a caller that drops each page holds one at a time.
+
+    `fetch(query)` GETs one page. An expired continue token raises `ContinueExpired` (an
+    ApiError with status 410); a 410 for the first page is the plain ApiError.
+    """
+    token = ""
+    for _ in range(max_pages) if max_pages is not None else itertools.count():
+        page_query = {"limit": str(page_size), **query}
+        if token:
+            page_query["continue"] = token
+        try:
+            page = fetch(page_query)
+        except ApiError as exc:
+            if exc.status == 410 and token:
+                raise ContinueExpired(str(exc), exc.status, exc.reason, exc.details) from exc
+            raise
+        yield page
+        meta = page.get("metadata") if isinstance(page, dict) else None
+        token = (meta or {}).get("continue") or ""
+        if not token:
+            return
 
 
 class Expired(Exception):
@@ -321,23 +356,19 @@ class Informer(Generic[T]):
 
     def _list(self) -> tuple[dict[str, T], str]:
         store: dict[str, T] = {}
-        token = ""
         resource_version = ""
-        for _ in range(MAX_PAGES):
-            query = {"limit": str(self.page_size), **self.selectors}
-            if token:
-                query["continue"] = token
+
+        def fetch(query: dict[str, str]) -> Any:
             with self._open(LIST_TIMEOUT, query) as stream:
-                page = stream.json()
+                return stream.json()
+
+        for page in list_pages(fetch, self.selectors, self.page_size, MAX_PAGES):
             for item in page.get("items") or []:
                 key = self.key(item) if isinstance(item, dict) else None
                 if key is not None:
                     self._put(store, key, item)
             meta = page.get("metadata") or {}
             resource_version = resource_version or str(meta.get("resourceVersion", ""))
-            token = meta.get("continue") or ""
-            if not token:
-                break
         return store, resource_version
 
     def _put(self, store: dict[str, T], key: str, obj: dict[str, Any]) -> None:
