@@ -337,12 +337,11 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Phase]:
         except (pytest.skip.Exception, pytest.fail.Exception) as exc:
             raise BenchError(f"kube-apiserver, etcd and helm are needed: {exc}") from None
         plane = start_control_plane(tools, workdir, stack)
-        server = WebhookServer(workdir, plane.ca, plane.kubeconfig, drain_seconds=0)
-        server.argv = _with_extra(server.argv, args.product_arg)  # type: ignore[method-assign]
+        server = WebhookServer(
+            workdir, plane.ca, plane.kubeconfig, drain_seconds=0, extra_args=args.product_arg
+        )
         stack.callback(server.stop)
         server.start()
-        assert server.process is not None
-        server.pid = server.process.popen.pid  # type: ignore[attr-defined]
         baseline, baseline_port = start_baseline(workdir, server.cert_path, server.key_path, stack)
         chart = mutating_configuration(
             render_chart(tools.helm, workdir, {"mode": "namespace", "failurePolicy": "Fail"})
@@ -357,7 +356,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Phase]:
         creator = PodCreator(plane.api_port, workdir / "pki")
         setups = {
             "none": (None, "", None),
-            "baseline": (yardstick, BASELINE_NAME_PREFIX + webhook_name, _Pid(baseline.popen.pid)),
+            "baseline": (yardstick, BASELINE_NAME_PREFIX + webhook_name, baseline),
             "product": (product, webhook_name, server),
         }
         phases = {name: Phase(name) for name in PHASES}
@@ -377,15 +376,6 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Phase]:
                 run_phase(phases[name], pods, creator, plane.kube, args, hook_name, target)
         register(plane.kube, None, names)
         return phases
-
-
-@dataclass(frozen=True)
-class _Pid:
-    pid: int
-
-
-def _with_extra(argv: Any, extra: list[str]) -> Any:
-    return lambda: [*argv(), *extra]
 
 
 def milliseconds(seconds: float) -> str:

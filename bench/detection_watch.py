@@ -80,18 +80,6 @@ def measure(pods: int, workdir: Path) -> dict[str, Any]:
     from tests.e2e.server import RELEASE_NAMESPACE, WebhookServer
     from tests.tools import build_tools
 
-    class Server(WebhookServer):
-        def __init__(self, *args: Any, extra: list[str], **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.extra = extra
-
-        def argv(self) -> list[str]:
-            return [*super().argv(), "--log-level=warning", *self.extra]
-
-        def pid(self) -> int:
-            assert self.process is not None
-            return int(self.process.popen.pid)
-
     with contextlib.ExitStack() as stack:
         plane = start_control_plane(build_tools(), workdir, stack)
         kube: Kube = plane.kube
@@ -116,8 +104,17 @@ def measure(pods: int, workdir: Path) -> dict[str, Any]:
         sample = kube.request("GET", f"/api/v1/namespaces/{namespace}/pods", query={"limit": "1"})
         pod_bytes = len(json.dumps(sample.body["items"][0]))
 
-        on = Server(workdir, plane.ca, plane.kubeconfig, name="detect-on", extra=[])
-        off = Server(workdir, plane.ca, plane.kubeconfig, name="detect-off", extra=["--no-detect"])
+        quiet = "--log-level=warning"
+        on = WebhookServer(
+            workdir, plane.ca, plane.kubeconfig, name="detect-on", extra_args=[quiet]
+        )
+        off = WebhookServer(
+            workdir,
+            plane.ca,
+            plane.kubeconfig,
+            name="detect-off",
+            extra_args=[quiet, "--no-detect"],
+        )
         for server in (on, off):
             stack.callback(server.stop)
             server.start()
@@ -133,13 +130,13 @@ def measure(pods: int, workdir: Path) -> dict[str, Any]:
         wait_until(counted, WAIT_SECONDS, f"the gauge to count {pods} pods", interval=1)
         synced_seconds = time.monotonic() - started
         time.sleep(3)  # settle: the list pages' garbage returned
-        steady = {s.name: status_kib(s.pid(), "VmRSS") for s in (on, off)}
+        steady = {s.name: status_kib(s.pid, "VmRSS") for s in (on, off)}
         on.set_config("shutdownSeconds: 45\n")  # every pod judged again: a full relist
         wait_until(counted, WAIT_SECONDS, "the relist", interval=1)
         time.sleep(12)  # the relist happens within RELIST_SECONDS of the change
         wait_until(counted, WAIT_SECONDS, "the relist", interval=1)
-        peak = {s.name: status_kib(s.pid(), "VmHWM") for s in (on, off)}
-        after = {s.name: status_kib(s.pid(), "VmRSS") for s in (on, off)}
+        peak = {s.name: status_kib(s.pid, "VmHWM") for s in (on, off)}
+        after = {s.name: status_kib(s.pid, "VmRSS") for s in (on, off)}
     limit = chart_memory_limit_mib()
     return {
         "pods": pods,

@@ -13,6 +13,7 @@ import signal
 import ssl
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from webhook.certs import KeyPair, generate_serving
@@ -88,6 +89,7 @@ class WebhookServer:
         address: str = "127.0.0.1",
         dns_names: tuple[str, ...] = ("localhost",),
         drain_seconds: float = 1,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.workdir = workdir
         self.ca = ca
@@ -97,6 +99,8 @@ class WebhookServer:
         self.address = address
         self.dns_names = dns_names
         self.drain_seconds = drain_seconds
+        self.extra_args = tuple(extra_args)
+        """More `serve` flags after the ones every test server gets."""
         self.port = self.host.port("webhook")
         self.metrics_port = self.host.port("webhook-metrics")
         self.volume: SecretVolume | None = None
@@ -131,7 +135,13 @@ class WebhookServer:
             f"--kubeconfig={self.kubeconfig}",
             f"--config={self.config_path}",
             f"--drain-seconds={self.drain_seconds:g}",
+            *self.extra_args,
         ]
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, f"{self.name} was not started"
+        return self.process.pid
 
     def start(self) -> ManagedProcess:
         started = time.monotonic()

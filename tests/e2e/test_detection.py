@@ -40,12 +40,15 @@ class DetectingServer(WebhookServer):
     """A webhook server of its own (the session's keeps serving admission), electing on `lease`."""
 
     def __init__(self, e2e: E2E, name: str, lease: str, config: str = "{}\n") -> None:
-        super().__init__(e2e.workdir, e2e.plane.ca, e2e.plane.kubeconfig, name=name)
+        super().__init__(
+            e2e.workdir,
+            e2e.plane.ca,
+            e2e.plane.kubeconfig,
+            name=name,
+            extra_args=[f"--lease-name={lease}", "--mode=namespace"],
+        )
         self.lease = lease
         self.config_path.write_text(config)
-
-    def argv(self) -> list[str]:
-        return [*super().argv(), f"--lease-name={self.lease}", "--mode=namespace"]
 
     def unprotected(self, namespace: str) -> float | None:
         """The gauge for `namespace`, None when this process exports no such series."""
