@@ -26,10 +26,11 @@ from webhook.cluster.api import ApiError, ApiServer, ClusterConfigError
 from webhook.cluster.namespaces import EMPTY, NamespaceInfo, namespace_info
 from webhook.cluster.services import Services, service_summary
 from webhook.cluster.watch import ContinueExpired, list_pages
+from webhook.cluster.workloads import middle_metadata
 from webhook.core.model import NEWEST_KNOWN_VERSION, Config, Settings
 from webhook.core.profiles import annotations_read_services, config_reads_services
 from webhook.detection.judge import judge
-from webhook.detection.owners import MIDDLE_KINDS, Owner, OwnerResolver, fix_command
+from webhook.detection.owners import Owner, OwnerResolver, fix_command
 from webhook.detection.scope import MODES, NAME_LABEL, Scope, ScopeError, chart_scope
 from webhook.detection.scope import configuration_scope as read_configuration_scope
 
@@ -103,7 +104,9 @@ class Checker:
         self.config_reads_services = config_reads_services(config)
         self.namespaces: dict[str, NamespaceInfo] = {}
         self.services: dict[str, Services | None] = {}
-        self.owners = OwnerResolver(self._owner_metadata)
+        self.owners = OwnerResolver(
+            lambda kind, namespace, name: middle_metadata(self.api, kind, namespace, name, TIMEOUT)
+        )
 
     def run(self, namespace: str | None = None) -> Report:
         for _ in range(LIST_RESTARTS):
@@ -196,18 +199,6 @@ class Checker:
                 sorted((s for s in found if s is not None), key=lambda s: s["name"])
             )
         return self.services[namespace]
-
-    def _owner_metadata(self, kind: str, namespace: str, name: str) -> Mapping[str, Any] | None:
-        api_version, resource = MIDDLE_KINDS[kind]
-        path = f"/apis/{api_version}/namespaces/{_quote(namespace)}/{resource}/{_quote(name)}"
-        try:
-            found = self.api.get(path, TIMEOUT)
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
-        metadata = found.get("metadata") if isinstance(found, dict) else None
-        return metadata if isinstance(metadata, dict) else None
 
 
 def _quote(name: str) -> str:

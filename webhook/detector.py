@@ -39,10 +39,11 @@ from webhook.cluster.api import ApiError, ApiServer
 from webhook.cluster.lease import LeaderElection, micro_time
 from webhook.cluster.namespaces import NamespaceCache, NamespaceInfo
 from webhook.cluster.watch import Informer
+from webhook.cluster.workloads import middle_metadata
 from webhook.core.model import Settings
 from webhook.core.profiles import annotations_read_services
 from webhook.detection.judge import judge
-from webhook.detection.owners import MIDDLE_KINDS, Owner, above, fix_command
+from webhook.detection.owners import Owner, OwnerResolver, controller_reference, fix_command
 from webhook.detection.scope import chart_scope
 from webhook.logs import JsonLog
 
@@ -65,6 +66,7 @@ RESTARTABLE = {
 EVENT_REASON = "PodsMissedWebhook"
 COMPONENT = "lifecycle-webhook"
 OWNERS_REMEMBERED = 10_000
+OWNER_READ_TIMEOUT = 5.0
 
 Unprotected = tuple[str, str, str, str, str]
 """What is kept of an unprotected pod: (owner kind, owner name, owner uid, revision, reason)."""
@@ -74,14 +76,10 @@ RolloutKey = tuple[str, str, str, str]
 
 def _direct_owner(metadata: Mapping[str, Any]) -> tuple[str, str, str]:
     """(kind, name, uid) of the controller reference, else the first one; ("Pod", "", "")."""
-    refs = metadata.get("ownerReferences")
-    valid = (
-        [r for r in refs if isinstance(r, dict) and r.get("kind")] if isinstance(refs, list) else []
-    )
-    chosen = next((r for r in valid if r.get("controller") is True), valid[0] if valid else None)
+    chosen = controller_reference(metadata)
     if chosen is None:
         return "Pod", "", ""
-    return str(chosen["kind"]), str(chosen.get("name", "")), str(chosen.get("uid", ""))
+    return str(chosen["kind"]), str(chosen["name"]), str(chosen.get("uid", ""))
 
 
 RETRY_SECONDS = 60.0
@@ -127,7 +125,12 @@ class Detector:
         self._by_namespace: Counter[str] = Counter()
         self._rollouts: dict[RolloutKey, Rollout] = {}
         self._published: set[str] = set()
-        self._owners: dict[tuple[str, str, str], tuple[Owner, str]] = {}
+        self._owners = OwnerResolver(
+            lambda kind, namespace, name: middle_metadata(
+                self.api, kind, namespace, name, OWNER_READ_TIMEOUT
+            ),
+            remember=OWNERS_REMEMBERED,
+        )
         self._restarted: dict[Owner, set[RolloutKey]] = {}
         """Workloads this process restarted, and the rollouts they had then."""
         self._gave_up: set[Owner] = set()
@@ -321,27 +324,7 @@ class Detector:
         """The workload to report and restart (a ReplicaSet's Deployment, a Job's CronJob),
         and its uid; one GET per ReplicaSet or Job, remembered."""
         namespace, kind, name, _ = key
-        direct = Owner(namespace, kind, name)
-        if kind not in MIDDLE_KINDS:
-            return direct, uid
-        remembered = self._owners.get((namespace, kind, name))
-        if remembered is not None:
-            return remembered
-        version, resource = MIDDLE_KINDS[kind]
-        path = f"/apis/{version}/namespaces/{_q(namespace)}/{resource}/{_q(name)}"
-        try:
-            metadata = (self.api.get(path, 5.0) or {}).get("metadata")
-        except ApiError as exc:
-            if exc.status != 404:
-                raise
-            metadata = None
-        found = above(direct, metadata)
-        if found != direct and isinstance(metadata, dict):
-            uid = _direct_owner(metadata)[2]
-        if len(self._owners) >= OWNERS_REMEMBERED:
-            self._owners.clear()
-        self._owners[(namespace, kind, name)] = (found, uid)
-        return found, uid
+        return self._owners.resolve(Owner(namespace, kind, name), uid)
 
     def _uid_of(self, key: RolloutKey) -> str:
         for value in self.pods.snapshot().values():

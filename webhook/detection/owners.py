@@ -39,8 +39,9 @@ Fetch = Callable[[str, str, str], Mapping[str, Any] | None]
 """(kind, namespace, name) -> the object's metadata, or None when it is gone."""
 
 
-def controller(metadata: Mapping[str, Any]) -> tuple[str, str] | None:
-    """(kind, name) of the owner reference marked controller, else of the first one."""
+def controller_reference(metadata: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The owner reference marked controller, else the first one (of those with a kind and
+    a name)."""
     refs = metadata.get("ownerReferences")
     if not isinstance(refs, list):
         return None
@@ -48,6 +49,12 @@ def controller(metadata: Mapping[str, Any]) -> tuple[str, str] | None:
     chosen = next((r for r in valid if r.get("controller") is True), None)
     if chosen is None and valid:
         chosen = valid[0]
+    return chosen
+
+
+def controller(metadata: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(kind, name) of `controller_reference`."""
+    chosen = controller_reference(metadata)
     if chosen is None:
         return None
     return str(chosen["kind"]), str(chosen["name"])
@@ -77,19 +84,32 @@ def above(owner: Owner, metadata: Mapping[str, Any] | None) -> Owner:
 
 
 class OwnerResolver:
-    """`pod -> Owner` with one fetch per ReplicaSet or Job, remembered (only keys are kept)."""
+    """`pod -> Owner` with one fetch per ReplicaSet or Job, remembered (only keys and uids
+    are kept); past `remember` entries the memory starts over, so it stays bounded."""
 
-    def __init__(self, fetch: Fetch) -> None:
+    def __init__(self, fetch: Fetch, remember: int | None = None) -> None:
         self.fetch = fetch
-        self.resolved: dict[Owner, Owner] = {}
+        self.remember = remember
+        self.resolved: dict[Owner, tuple[Owner, str]] = {}
 
     def __call__(self, pod: Mapping[str, Any]) -> Owner:
-        direct = pod_owner(pod)
+        return self.resolve(pod_owner(pod))[0]
+
+    def resolve(self, direct: Owner, uid: str = "") -> tuple[Owner, str]:
+        """The workload to report for a pod whose direct owner is `direct` (uid `uid`): a
+        ReplicaSet's Deployment or a Job's CronJob, with its uid; else `direct` itself."""
         if direct.kind not in MIDDLE_KINDS:
-            return direct
+            return direct, uid
         known = self.resolved.get(direct)
         if known is None:
-            known = above(direct, self.fetch(direct.kind, direct.namespace, direct.name))
+            metadata = self.fetch(direct.kind, direct.namespace, direct.name)
+            found = above(direct, metadata)
+            if found != direct and metadata is not None:
+                reference = controller_reference(metadata)
+                uid = str(reference.get("uid", "")) if reference is not None else ""
+            known = (found, uid)
+            if self.remember is not None and len(self.resolved) >= self.remember:
+                self.resolved.clear()
             self.resolved[direct] = known
         return known
 
