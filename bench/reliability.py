@@ -1,6 +1,6 @@
 """`python -m bench reliability`: the figures of the README's Reliability section.
 
-The server runs pinned to CPU 0 with its default flags (10 s stage deadlines, 1,000
+The server runs pinned to CPU 0 with its default flags (10 s stage deadlines, 500
 connections), this driver and its clients on CPU 1; all traffic stays on 127.0.0.1.
 
 - capacity: reviews/s of the 9 KB pod with 32 closed-loop keep-alive clients;

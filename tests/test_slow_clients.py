@@ -226,7 +226,9 @@ def test_5000_stalled_connections_per_stage_leave_memory_bounded_and_reviews_ser
         + f"; probe: {len(latencies)} reviews, p50 {percentile(latencies, 0.5) * 1000:.1f} ms, "
         f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms"
     )
-    assert peak < CHART_MEMORY_LIMIT_MIB - 20, peak  # 95 MiB measured
+    # 77-84 MiB measured with 500 held at a time (the default cap); the default of 1,000
+    # that this replaced peaked at 92-110 MiB here, too close to the limit.
+    assert peak < CHART_MEMORY_LIMIT_MIB - 28, peak
     assert not failures, failures[:5]
     assert len(latencies) > 100
     assert max(latencies) < 2.0  # the API server's timeout: no review lost while under attack
