@@ -46,11 +46,12 @@ if TYPE_CHECKING:
 DEFAULT_MAX_CONNECTIONS = 500
 """Sized to the chart's 128 Mi with every feature on. Stalled connections cost 30-55 KiB each
 once clients are evicted and replaced (fragmentation included): measured with 5,000 stalled
-per stage, 1,000 held peaked at 92-110 MiB on a ~55 MiB server, 500 held at 77-84 MiB. The
-detector watching 10,000 pods adds ~22 MiB (`bench detection-watch`), which 1,000 could not
-absorb. An API server opens one connection per call in flight, and all its requests in
-flight share 600 seats by default (API Priority and Fairness); idle keep-alive connections
-are evicted at the cap."""
+per stage, 1,000 held peaked at 92-110 MiB on a ~55 MiB server, 500 held at 77-84 MiB. A
+server attached to a cluster whose detector watches 10,000 pods peaks at 79 MiB on its own
+(`bench detection-watch`): 1,000 stalled connections on top reach 116-134 MiB, 500 101-108.
+An API server opens one connection per call in flight, and all its requests in flight share
+600 seats by default (API Priority and Fairness); idle keep-alive connections are evicted at
+the cap."""
 HANDSHAKE_SLOTS = 32
 """TLS handshakes in progress at once (fewer with a smaller --max-connections). Handshakes are
 CPU-bound, one after the other on the event loop, so more slots would not finish more of them;
