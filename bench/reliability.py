@@ -7,7 +7,7 @@ connections), this driver and its clients on CPU 1; all traffic stays on 127.0.0
 - slow: 5,000 connections stalled at each stage (TCP only, mid-handshake, half a head, half a
   body) while a healthy client sends a review every 20 ms: peak memory, that client's p99,
   every stalled connection closed by its deadline;
-- burst: 10x capacity offered for 10 s, API-server style (at most 1,500 in flight, each
+- burst: 10x capacity offered for 10 s, API-server style (at most 600 in flight, each
   abandoned after 2 s): no crash, peak memory, time until the healthy client's latency is
   normal again;
 - soak: half of capacity for --soak-seconds with RSS sampled every 10 s: slope and errors.
