@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from webhook.metrics import Metrics
 
 DEFAULT_MAX_CONNECTIONS = 500
-"""Sized to the chart's 128 Mi with every feature on. Stalled connections cost 30-55 KiB each
+"""Sized to the chart's 128 Mi with every feature on. Stalled connections cost 37-58 KiB each
 once clients are evicted and replaced (fragmentation included): measured with 5,000 stalled
 per stage, 1,000 held peaked at 92-110 MiB on a ~55 MiB server, 500 held at 77-84 MiB. A
 server attached to a cluster whose detector watches 10,000 pods peaks at 79 MiB on its own
